@@ -1,0 +1,181 @@
+"""Training data: MIDI files or the music21 Bach chorales -> cached step grids -> train/valid split."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .encoding import STEPS_PER_BEAT, Grid, notes_to_grid, read_midi
+from .errors import DataError, MidiFileError
+
+MIDI_SUFFIXES = {".mid", ".midi", ".smf", ".kar"}
+CACHE_VERSION = 1
+
+
+@dataclass
+class Piece:
+    name: str
+    grid: Grid
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("IMPROVISER_CACHE", Path.home() / ".cache" / "improviser"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _grid_to_arrays(grid: Grid) -> dict:
+    notes = grid.notes()
+    return {"notes": notes.astype(np.int32), "n_steps": np.int64(len(grid)),
+            "meta": np.array([grid.steps_per_beat, grid.beats_per_bar, grid.bar_start], np.int64),
+            "bpm": np.float64(grid.bpm)}
+
+
+def _arrays_to_grid(a) -> Grid:
+    notes = a["notes"]
+    spb, bpb, bar_start = (int(v) for v in a["meta"])
+    onset, sound, vel = notes_to_grid(notes[:, 0], notes[:, 1], notes[:, 2], int(a["n_steps"]), notes[:, 3])
+    return Grid(onset, sound, spb, bpb, float(a["bpm"]), vel, bar_start)
+
+
+# ---- any MIDI files --------------------------------------------------------------------------------
+
+def find_midi_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expand folders (recursively) into MIDI files; keep files as given. Sorted, deterministic."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.suffix.lower() in MIDI_SUFFIXES and f.is_file())
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise DataError(f"{p}: no such file or folder")
+    return found
+
+
+def _read_cached(path: Path, steps_per_beat: int) -> Grid:
+    """read_midi, cached by the file's content hash so a folder is parsed once."""
+    digest = hashlib.sha1(path.read_bytes()).hexdigest()
+    cached = cache_dir() / "midi" / f"{digest}-{steps_per_beat}-v{CACHE_VERSION}.npz"
+    if cached.is_file():
+        try:
+            with np.load(cached) as a:
+                return _arrays_to_grid(a)
+        except Exception:
+            cached.unlink(missing_ok=True)  # a damaged cache entry is rebuilt
+    grid = read_midi(path, steps_per_beat)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, **_grid_to_arrays(grid))
+    os.replace(tmp, cached)
+    return grid
+
+
+def load_midi_files(paths: Iterable[str | os.PathLike], steps_per_beat: int = STEPS_PER_BEAT,
+                    progress: bool = True) -> list[Piece]:
+    """Read MIDI files and folders. Unreadable files are skipped and counted in one line on stderr."""
+    from tqdm import tqdm
+
+    files = find_midi_files(paths)
+    pieces, skipped = [], []
+    for f in tqdm(files, desc="reading MIDI", unit="file", disable=not progress or len(files) < 2):
+        try:
+            pieces.append(Piece(str(f), _read_cached(f, steps_per_beat)))
+        except MidiFileError as e:
+            skipped.append(str(e))
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(files)} files that could not be used (first: {skipped[0]})",
+              file=sys.stderr)
+    if not pieces:
+        raise DataError(f"no usable MIDI notes in {len(files)} file(s); give .mid files or folders holding them")
+    return pieces
+
+
+# ---- the Bach chorales of the music21 corpus -------------------------------------------------------
+
+def _chorale_paths() -> list[Path]:
+    try:
+        from music21 import corpus
+    except ImportError:
+        raise DataError("the Bach chorales come from music21: pip install music21") from None
+    return sorted(p for p in corpus.getComposer("bach") if Path(p).suffix in {".mxl", ".xml", ".krn"})
+
+
+def parse_chorale(path: str | os.PathLike, steps_per_beat: int = STEPS_PER_BEAT) -> Grid | None:
+    """One music21 score -> Grid (ties joined, pickup bar kept in the bar position). None if unusable."""
+    from music21 import converter, meter
+
+    score = converter.parse(str(path)).stripTies()
+    notes = []
+    for el in score.flatten().notes:
+        for p in el.pitches:
+            start = float(el.offset) * steps_per_beat
+            notes.append((p.midi, round(start), round(start + float(el.duration.quarterLength) * steps_per_beat)))
+    if not notes:
+        return None
+    ts = next(iter(score.recurse().getElementsByClass(meter.TimeSignature)), None)
+    beats_per_bar = ts.numerator if ts is not None and ts.denominator == 4 and 2 <= ts.numerator <= 8 else 4
+    # A pickup (anacrusis) bar is shorter than a full bar: step 0 is then partway into a bar.
+    first = next(iter(score.parts[0].getElementsByClass("Measure")), None) if score.parts else None
+    pad = float(first.paddingLeft) if first is not None else 0.0
+    bar_start = round(pad * steps_per_beat) % (beats_per_bar * steps_per_beat)
+    a = np.array(notes)
+    onset, sound, vel = notes_to_grid(a[:, 0], a[:, 1], a[:, 2])
+    return Grid(onset, sound, steps_per_beat, beats_per_bar, 100.0, None, bar_start)
+
+
+def _parse_one(args) -> tuple[str, dict | None]:
+    path, spb = args
+    try:
+        g = parse_chorale(path, spb)
+    except Exception:
+        return str(path), None
+    return str(path), None if g is None else _grid_to_arrays(g)
+
+
+def load_bach_chorales(steps_per_beat: int = STEPS_PER_BEAT, progress: bool = True,
+                       limit: int | None = None) -> list[Piece]:
+    """All the Bach chorales of the music21 corpus, parsed in parallel once and cached."""
+    from tqdm import tqdm
+
+    paths = _chorale_paths()[:limit]
+    key = hashlib.sha1("\n".join(p.name for p in paths).encode()).hexdigest()[:12]
+    cached = cache_dir() / f"bach-chorales-{key}-{steps_per_beat}-v{CACHE_VERSION}.npz"
+    if cached.is_file():
+        with np.load(cached, allow_pickle=False) as a:
+            names = a["names"].tolist()
+            return [Piece(n, _arrays_to_grid({k.split("/", 1)[1]: a[k] for k in a.files if k.startswith(f"{i}/")}))
+                    for i, n in enumerate(names)]
+    results = []
+    with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        jobs = pool.map(_parse_one, [(p, steps_per_beat) for p in paths], chunksize=4)
+        for r in tqdm(jobs, total=len(paths), desc="parsing Bach chorales", unit="chorale", disable=not progress):
+            results.append(r)
+    usable = [(Path(n).stem, arr) for n, arr in results if arr is not None]
+    if len(usable) < len(results):
+        print(f"skipped {len(results) - len(usable)} of {len(results)} corpus files without notes", file=sys.stderr)
+    if not usable:
+        raise DataError("no Bach chorale could be parsed from the music21 corpus")
+    flat = {"names": np.array([n for n, _ in usable])}
+    for i, (_, arr) in enumerate(usable):
+        flat.update({f"{i}/{k}": v for k, v in arr.items()})
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **flat)
+    os.replace(tmp, cached)
+    return [Piece(n, _arrays_to_grid(arr)) for n, arr in usable]
+
+
+def split(pieces: list[Piece], valid_fraction: float = 0.1) -> tuple[list[Piece], list[Piece]]:
+    """Deterministic split by piece (by a hash of the name): (train, valid). Both non-empty if 2+ pieces."""
+    if len(pieces) < 2:
+        raise DataError(f"need at least 2 pieces to hold one out for validation (got {len(pieces)})")
+    order = sorted(pieces, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
+    n_valid = min(len(pieces) - 1, max(1, round(valid_fraction * len(pieces))))
+    return order[n_valid:], order[:n_valid]

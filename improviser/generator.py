@@ -1,0 +1,151 @@
+"""The stateful streaming generator: one frame per call, hidden state kept between calls.
+
+No I/O and no clock: the conductor (live) or ``generate`` (offline) decides when
+``step`` is called. Deterministic for a given seed and the same heard notes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .encoding import N_MIDI, Frame, Grid
+from .errors import ImproviserError
+from .model import HOLD, ONSET, BachLSTM, NumpyLSTM, frame_features
+
+MAX_STABILITY = 64  # steps; 4 bars of 16ths
+
+
+def check_controls(temperature: float, note_stability: int) -> None:
+    if not (0.0 <= temperature <= 5.0) or math.isnan(temperature):
+        raise ImproviserError(f"temperature must be between 0 and 5 (got {temperature}); 1.0 is the model's own "
+                              "distribution, lower is safer, 0 always takes the likeliest note")
+    if not (1 <= note_stability <= MAX_STABILITY):
+        raise ImproviserError(f"note stability is a minimum note length in steps, 1..{MAX_STABILITY} "
+                              f"(got {note_stability})")
+
+
+class StreamingGenerator:
+    """Keeps the LSTM state and the last frame; ``step()`` returns the next frame.
+
+    temperature: divides the logits; 1.0 samples the model as trained, 0 is greedy.
+    note_stability: minimum note length in steps. Applied as frames are emitted,
+        it only lengthens a note the model would end (or re-strike) too early; it
+        never holds the music still. The next input is what actually sounded.
+    seed: seeds the sampler (None: fresh entropy).
+    beats_per_bar: for the bar position the model is given.
+    """
+
+    def __init__(self, model: BachLSTM, temperature: float = 1.0, note_stability: int = 1,
+                 seed: int | None = None, beats_per_bar: int = 4):
+        check_controls(temperature, note_stability)
+        self.cfg = model.cfg
+        self.net = NumpyLSTM(model)
+        self.temperature = float(temperature)
+        self.note_stability = int(note_stability)
+        self.rng = np.random.default_rng(seed)
+        self.steps_per_bar = self.cfg.steps_per_beat * beats_per_bar
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: silent, hidden state zero, at the start of a bar."""
+        self.net.reset()
+        self.step_index = 0
+        self.last = Frame.silent()  # what the improviser itself sounded at the previous step
+        self.age = np.zeros(N_MIDI, np.int64)  # steps each of its sounding notes has lasted
+        self._heard = Frame.silent()
+
+    def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
+        """Change temperature or note stability between steps (live controls)."""
+        t = self.temperature if temperature is None else float(temperature)
+        s = self.note_stability if note_stability is None else int(note_stability)
+        check_controls(t, s)
+        self.temperature, self.note_stability = t, s
+
+    def hear(self, frame: Frame) -> None:
+        """Notes the player played during the step just emitted; they join the next step's input."""
+        self._heard = self._heard.union(frame)
+
+    def step(self, heard: Frame | None = None, play: bool = True) -> Frame:
+        """Advance one step and return the improviser's frame for it.
+
+        heard: the player's notes during the previous step (same as calling ``hear`` first).
+        play: False to listen only: the hidden state moves, the returned frame is silent.
+        """
+        if heard is not None:
+            self.hear(heard)
+        inp = self.last.union(self._heard)
+        self._heard = Frame.silent()
+        pos = np.array([self.step_index % self.steps_per_bar])
+        x = frame_features(inp.onset[None], inp.sound[None], pos, self.cfg)[0]
+        logits = self.net.step(x)
+        out = self._sample(logits) if play else Frame.silent()
+        out = self._stabilise(out) if play else out
+        self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
+        self.last = out
+        self.step_index += 1
+        return out
+
+    def prime(self, grid: Grid) -> None:
+        """Listen to a phrase (e.g. a primer file) step by step, so it moves the hidden state."""
+        for t in range(len(grid)):
+            self.step(play=False)
+            self.hear(Frame(grid.onset[t], grid.sound[t]))
+
+    def _sample(self, logits: np.ndarray) -> Frame:
+        cfg = self.cfg
+        lo, hi = cfg.low, cfg.low + cfg.n_pitches
+        logits = logits.astype(np.float64)
+        # A pitch can only be "held" if the improviser itself sounded it at the last step.
+        logits[~self.last.sound[lo:hi], HOLD] = -np.inf
+        if self.temperature == 0:
+            state = np.argmax(logits, axis=1)
+        else:
+            z = logits / self.temperature
+            z -= z.max(axis=1, keepdims=True)
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            u = self.rng.random(cfg.n_pitches)
+            cum = np.cumsum(p, axis=1)
+            state = (u[:, None] >= cum[:, :2]).sum(axis=1)  # inverse-CDF draw of one of 3 states per pitch
+        onset = np.zeros(N_MIDI, bool)
+        sound = np.zeros(N_MIDI, bool)
+        onset[lo:hi] = state == ONSET
+        sound[lo:hi] = state != 0
+        return Frame(onset, sound, self._velocity())
+
+    def _stabilise(self, out: Frame) -> Frame:
+        """Keep sounding, unstruck, every note younger than note_stability that the model ended or re-struck."""
+        if self.note_stability <= 1:
+            return out
+        young = self.last.sound & (self.age < self.note_stability)
+        ends = young & (~out.sound | out.onset)
+        if not ends.any():
+            return out
+        return Frame(out.onset & ~ends, out.sound | ends, out.velocity)
+
+    def _velocity(self) -> int:
+        """A metrical accent: downbeat, beat, off-beat; the model has no velocity of its own."""
+        pos = self.step_index % self.steps_per_bar
+        if pos == 0:
+            return 96
+        if pos % self.cfg.steps_per_beat == 0:
+            return 84
+        return 72
+
+
+def generate(model: BachLSTM, n_steps: int, temperature: float = 1.0, note_stability: int = 1,
+             seed: int | None = None, prime: Grid | None = None, beats_per_bar: int = 4) -> Grid:
+    """Generate ``n_steps`` steps offline (after listening to ``prime``, if given)."""
+    gen = StreamingGenerator(model, temperature, note_stability, seed, beats_per_bar)
+    if prime is not None:
+        gen.prime(prime)
+    onset = np.zeros((n_steps, N_MIDI), bool)
+    sound = np.zeros((n_steps, N_MIDI), bool)
+    vel = np.zeros((n_steps, N_MIDI), np.uint8)
+    for t in range(n_steps):
+        f = gen.step()
+        onset[t], sound[t] = f.onset, f.sound
+        vel[t, f.onset] = f.velocity
+    return Grid(onset, sound, model.cfg.steps_per_beat, beats_per_bar, velocity=vel)

@@ -1,0 +1,230 @@
+"""The network, its config, and checkpoints. No I/O beyond checkpoint files, no clock.
+
+Per step the model reads the frame that sounded at the previous step plus the
+position of the new step within its bar, and predicts, for every pitch of its
+range, one of three states: 0 = silent, 1 = held on from the previous step,
+2 = struck (an onset). Predicting "held" versus "struck" is how it learns note
+lengths and re-struck notes.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import pickle
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .encoding import N_MIDI
+from .errors import CheckpointError
+
+CHECKPOINT_FORMAT = "improviser-checkpoint"
+CHECKPOINT_VERSION = 1
+OFF, HOLD, ONSET = 0, 1, 2
+
+
+@dataclass
+class ModelConfig:
+    low: int = 24  # lowest MIDI pitch the model plays
+    n_pitches: int = 72  # so the range is MIDI 24..95
+    hidden: int = 256
+    layers: int = 2
+    dropout: float = 0.3
+    bar_slots: int = 16  # one-hot size of "position of this step within the bar"
+    steps_per_beat: int = 4
+
+    @property
+    def n_inputs(self) -> int:
+        return 2 * self.n_pitches + self.bar_slots  # onset + sound of the last frame, bar position
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise CheckpointError(f"checkpoint config has unknown fields {sorted(unknown)}; "
+                                  "it was written by a newer improviser — upgrade to load it")
+        return cls(**d)
+
+
+def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """Model inputs for a run of steps.
+
+    onset, sound: bool (T, 128), the frame *before* each predicted step.
+    bar_pos: int (T,), the position of each predicted step within its bar.
+    Returns float32 (T, n_inputs).
+    """
+    hi = cfg.low + cfg.n_pitches
+    t = onset.shape[0]
+    x = np.zeros((t, cfg.n_inputs), np.float32)
+    x[:, : cfg.n_pitches] = onset[:, cfg.low:hi]
+    x[:, cfg.n_pitches: 2 * cfg.n_pitches] = sound[:, cfg.low:hi]
+    x[np.arange(t), 2 * cfg.n_pitches + bar_pos % cfg.bar_slots] = 1.0
+    return x
+
+
+def frame_targets(onset: np.ndarray, sound: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+    """The state of each pitch at each step: int64 (T, n_pitches) of OFF/HOLD/ONSET."""
+    hi = cfg.low + cfg.n_pitches
+    y = np.where(sound[:, cfg.low:hi], HOLD, OFF)
+    y[onset[:, cfg.low:hi]] = ONSET
+    return y.astype(np.int64)
+
+
+class BachLSTM(nn.Module):
+    """An LSTM over steps with a per-pitch three-way (off/hold/onset) output."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.lstm = nn.LSTM(cfg.n_inputs, cfg.hidden, cfg.layers, batch_first=True,
+                            dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden, cfg.n_pitches * 3)
+
+    def forward(self, x: torch.Tensor, state=None):
+        """x: (B, T, n_inputs) -> logits (B, T, n_pitches, 3) and the LSTM state."""
+        h, state = self.lstm(x, state)
+        logits = self.head(self.drop(h))
+        return logits.view(*logits.shape[:2], self.cfg.n_pitches, 3), state
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def numpy_weights(self) -> dict:
+        """Weights as float32 numpy arrays for fast batch-1 stepping (see NumpyLSTM)."""
+        layers = []
+        for k in range(self.cfg.layers):
+            w_ih = getattr(self.lstm, f"weight_ih_l{k}").detach().numpy()
+            w_hh = getattr(self.lstm, f"weight_hh_l{k}").detach().numpy()
+            b = (getattr(self.lstm, f"bias_ih_l{k}") + getattr(self.lstm, f"bias_hh_l{k}")).detach().numpy()
+            # One matrix for [x, h] so a layer is a single mat-vec.
+            layers.append((np.ascontiguousarray(np.hstack([w_ih, w_hh]), np.float32), b.astype(np.float32)))
+        head = (self.head.weight.detach().numpy().astype(np.float32), self.head.bias.detach().numpy().astype(np.float32))
+        return {"layers": layers, "head": head}
+
+
+class NumpyLSTM:
+    """Batch-1 inference of a BachLSTM, one step at a time, in numpy.
+
+    torch's nn.LSTM costs milliseconds per single step on a CPU; the same
+    arithmetic as three mat-vecs in numpy costs a fraction of that.
+    """
+
+    def __init__(self, model: BachLSTM):
+        w = model.numpy_weights()
+        self.cfg = model.cfg
+        self.layers = w["layers"]
+        self.head_w, self.head_b = w["head"]
+        self.reset()
+
+    def reset(self) -> None:
+        n = self.cfg.hidden
+        self.h = [np.zeros(n, np.float32) for _ in self.layers]
+        self.c = [np.zeros(n, np.float32) for _ in self.layers]
+
+    def get_state(self) -> tuple:
+        return [h.copy() for h in self.h], [c.copy() for c in self.c]
+
+    def set_state(self, state: tuple) -> None:
+        self.h, self.c = [h.copy() for h in state[0]], [c.copy() for c in state[1]]
+
+    def step(self, x: np.ndarray) -> np.ndarray:
+        """x: float32 (n_inputs,) -> logits (n_pitches, 3); advances the hidden state."""
+        n = self.cfg.hidden
+        for k, (w, b) in enumerate(self.layers):
+            gates = w @ np.concatenate([x, self.h[k]]) + b
+            # PyTorch's gate order: input, forget, cell candidate, output.
+            i = _sigmoid(gates[:n])
+            f = _sigmoid(gates[n: 2 * n])
+            g = np.tanh(gates[2 * n: 3 * n])
+            o = _sigmoid(gates[3 * n:])
+            self.c[k] = f * self.c[k] + i * g
+            self.h[k] = o * np.tanh(self.c[k])
+            x = self.h[k]
+        return (self.head_w @ x + self.head_b).reshape(self.cfg.n_pitches, 3)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # overflow-free form of 1 / (1 + e^-z)
+
+
+def default_size(n_train_steps: int, layers: int = 2) -> int:
+    """Hidden size whose parameter count is of the order of the training data (char-rnn rule).
+
+    Data "size" = training steps x 12 transpositions; solve 8·h² + 4·h·n_in ≈ that
+    for an input of ~160 features, rounded to a multiple of 32 within 64..512.
+    """
+    budget = n_train_steps * 12
+    n_in = 160
+    # layers·4h(h + n_in) + (layers-1)·4h² ≈ budget, approximately 4·layers·h² + 4·h·n_in (quadratic in h)
+    a, b = 4 * layers + 4 * (layers - 1), 4 * n_in
+    h = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
+    return int(min(512, max(64, round(h / 32) * 32)))
+
+
+def save_checkpoint(path: str | os.PathLike, model: BachLSTM, **info) -> None:
+    """Write a checkpoint: a plain dict of tensors and plain data, loadable with weights_only=True."""
+    from .encoding import atomic_write
+
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": asdict(model.cfg),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **info,
+    }
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
+    """Load a checkpoint safely (no code is ever unpickled). Returns the model (eval mode) and the whole dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `improviser train` "
+                              "or leave out --checkpoint to use the shipped one")
+    try:
+        data = path.read_bytes()
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights only" in str(e).lower() or "unsupported global" in str(e).lower():
+            raise CheckpointError(f"{path}: refused — the checkpoint holds Python objects that could run code "
+                                  "(only tensors and plain data are loaded)") from None
+        raise CheckpointError(f"{path}: corrupt checkpoint ({first})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an improviser checkpoint (no '{CHECKPOINT_FORMAT}' format tag)")
+    version = ckpt.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {version!r} is not supported "
+                              f"(this improviser reads version {CHECKPOINT_VERSION})")
+    try:
+        cfg = ModelConfig.from_dict(dict(ckpt["config"]))
+        model = BachLSTM(cfg)
+        model.load_state_dict(ckpt["model"])
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"{path}: checkpoint does not match its config ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    model.eval()
+    return model, ckpt
+
+
+def default_checkpoint() -> Path:
+    """The shipped checkpoint: $IMPROVISER_CHECKPOINT, else checkpoints/bach.pt beside the package."""
+    env = os.environ.get("IMPROVISER_CHECKPOINT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "checkpoints" / "bach.pt"
+
+
+assert N_MIDI == 128
