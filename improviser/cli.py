@@ -112,7 +112,8 @@ def generate(
     Example: improviser generate out.mid --seconds 30 --bpm 90 --seed 7
     """
     from .encoding import grid_to_timed_notes, write_midi
-    from .generator import check_controls, generate as gen
+    from .generator import check_controls
+    from .generator import generate as gen
 
     check_seconds(seconds)
     check_bpm(bpm)
@@ -153,7 +154,8 @@ def train(
     """
     from .data import load_bach_chorales, load_midi_files, split
     from .model import ModelConfig
-    from .train import TrainConfig, train as run_train
+    from .train import TrainConfig
+    from .train import train as run_train
 
     if not data and not corpus:
         raise ImproviserError("give MIDI files/folders to train on, or --corpus bach-chorales")

@@ -20,7 +20,15 @@ from torch import nn
 from .data import Piece
 from .encoding import Grid
 from .errors import DataError
-from .model import BachLSTM, ModelConfig, default_size, frame_features, frame_targets, load_checkpoint, save_checkpoint
+from .model import (
+    BachLSTM,
+    ModelConfig,
+    default_size,
+    frame_features,
+    frame_targets,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 @dataclass

@@ -1,0 +1,104 @@
+"""The streaming generator on the shipped checkpoint: determinism, note_stability, listening."""
+
+import numpy as np
+import pytest
+
+from improviser.encoding import Frame
+from improviser.errors import ImproviserError
+from improviser.generator import StreamingGenerator, generate
+from improviser.model import default_checkpoint, load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_checkpoint(default_checkpoint())[0]
+
+
+def notes_of(grid):
+    return grid.notes()[:, :3]
+
+
+def test_same_seed_same_music_other_seed_other_music(model):
+    a = generate(model, 128, temperature=1.0, seed=3)
+    b = generate(model, 128, temperature=1.0, seed=3)
+    c = generate(model, 128, temperature=1.0, seed=4)
+    assert np.array_equal(notes_of(a), notes_of(b))
+    assert not np.array_equal(notes_of(a), notes_of(c))
+
+
+def test_step_by_step_equals_offline(model):
+    gen = StreamingGenerator(model, temperature=0.9, seed=11)
+    frames = [gen.step() for _ in range(64)]
+    offline = generate(model, 64, temperature=0.9, seed=11)
+    assert np.array_equal(np.stack([f.sound for f in frames]), offline.sound)
+    assert np.array_equal(np.stack([f.onset for f in frames]), offline.onset)
+
+
+def test_frames_are_consistent(model):
+    g = generate(model, 256, temperature=1.2, seed=0)
+    assert not (g.onset & ~g.sound).any()  # a struck note sounds
+    # A pitch never sounds without an onset unless it sounded the step before (no phantom holds).
+    prev = np.vstack([np.zeros((1, 128), bool), g.sound[:-1]])
+    assert not (g.sound & ~g.onset & ~prev).any()
+
+
+def durations(grid):
+    n = grid.notes()
+    return n[:, 2] - n[:, 1]
+
+
+def test_note_stability_lengthens_short_notes_only(model):
+    free = generate(model, 400, temperature=1.3, note_stability=1, seed=5)
+    stable = generate(model, 400, temperature=1.3, note_stability=4, seed=5)
+    d_free, d_stable = durations(free), durations(stable)
+    assert (d_free < 4).any(), "the model should play some short notes on its own at this temperature"
+    # Every note that ends inside the piece lasts at least 4 steps; notes cut by the end are exempt.
+    n = stable.notes()
+    inside = n[:, 2] < len(stable)
+    assert (d_stable[inside] >= 4).all()
+    # It does not freeze the music: notes still change at least as often as every bar on average.
+    assert len(n) > 400 / 16
+    # Long notes are left alone: the first bar's frames are identical up to the first too-short note.
+    first_short = np.min(np.flatnonzero(
+        [(free.sound[t] != stable.sound[t]).any() for t in range(400)] + [400]))
+    assert first_short > 0
+
+
+def test_note_stability_keeps_the_note_and_drops_the_restrike(model):
+    gen = StreamingGenerator(model, temperature=1.0, note_stability=3, seed=0)
+    gen.last = Frame.of(onset=[60])
+    gen.age[60] = 1
+    # The model ending the note (silent frame) is overruled: the note keeps sounding, unstruck.
+    out = gen._stabilise(Frame.silent())
+    assert out.sound[60] and not out.onset[60]
+    # A re-strike too soon becomes a hold.
+    out = gen._stabilise(Frame.of(onset=[60, 67]))
+    assert out.sound[60] and not out.onset[60] and out.onset[67]
+    # An old enough note may end.
+    gen.age[60] = 3
+    assert not gen._stabilise(Frame.silent()).sound[60]
+
+
+def test_listening_moves_the_state_but_plays_nothing(model):
+    gen = StreamingGenerator(model, seed=1)
+    before = gen.net.get_state()
+    out = gen.step(heard=Frame.of(onset=[60, 64, 67]), play=False)
+    assert not out.sound.any()
+    assert not np.allclose(before[0][0], gen.net.h[0])
+
+
+def test_priming_changes_what_follows(model):
+    from pathlib import Path
+
+    from improviser.encoding import read_midi
+
+    primer = read_midi(sorted((Path(__file__).parent / "data").glob("bwv*.mid"))[0])
+    a = generate(model, 64, seed=2)
+    b = generate(model, 64, seed=2, prime=primer)
+    assert not np.array_equal(notes_of(a), notes_of(b))
+
+
+@pytest.mark.parametrize("temperature,stability", [(-1, 1), (float("nan"), 1), (99, 1), (1, 0), (1, 1000)])
+def test_absurd_controls_are_refused(model, temperature, stability):
+    with pytest.raises(ImproviserError):
+        StreamingGenerator(model, temperature, stability)

@@ -1,0 +1,115 @@
+"""Model and checkpoints: the numpy stepper equals torch, and loading is safe."""
+
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from improviser.errors import CheckpointError
+from improviser.model import (
+    BachLSTM,
+    ModelConfig,
+    NumpyLSTM,
+    default_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+
+def test_shipped_checkpoint_loads_with_its_provenance():
+    model, ckpt = load_checkpoint(default_checkpoint())
+    assert "Bach chorales" in ckpt["trained_on"]
+    assert ckpt["n_params"] == model.n_params() > 100_000
+    assert 0 < ckpt["best_val_loss"] < 10  # nats per step, well below an untrained model's ~79
+    # Nothing but tensors and plain data inside: it loads with weights_only=True.
+    torch.load(default_checkpoint(), weights_only=True)
+
+
+def test_numpy_stepper_matches_torch_lstm():
+    torch.manual_seed(0)
+    model = BachLSTM(ModelConfig(hidden=64, layers=2)).eval()
+    x = torch.rand(1, 20, model.cfg.n_inputs)
+    with torch.no_grad():
+        ref, _ = model(x)
+    net = NumpyLSTM(model)
+    got = np.stack([net.step(x[0, t].numpy()) for t in range(20)])
+    np.testing.assert_allclose(got, ref[0].numpy(), atol=1e-4)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = BachLSTM(ModelConfig(hidden=32, layers=1))
+    save_checkpoint(tmp_path / "m.pt", model, best_val_loss=1.5)
+    loaded, ckpt = load_checkpoint(tmp_path / "m.pt")
+    assert loaded.cfg == model.cfg and ckpt["best_val_loss"] == 1.5
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/improviser-pwned-by-checkpoint",))
+
+
+def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path):
+    import os
+
+    marker = "/tmp/improviser-pwned-by-checkpoint"
+    if os.path.exists(marker):
+        os.remove(marker)
+    p = tmp_path / "evil.pt"
+    torch.save({"format": "improviser-checkpoint", "version": 1, "payload": _Evil()}, p)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(p)
+    assert not os.path.exists(marker)
+    # A raw pickle (not torch's zip format) with the same payload.
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not os.path.exists(marker)
+
+
+def test_wrong_version_unknown_format_and_corrupt_files(tmp_path):
+    model = BachLSTM(ModelConfig(hidden=16, layers=1))
+    save_checkpoint(tmp_path / "v.pt", model)
+    ckpt = torch.load(tmp_path / "v.pt", weights_only=True)
+    ckpt["version"] = 99
+    torch.save(ckpt, tmp_path / "v99.pt")
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(tmp_path / "v99.pt")
+    del ckpt["version"]
+    torch.save(ckpt, tmp_path / "nov.pt")
+    with pytest.raises(CheckpointError, match="version None"):
+        load_checkpoint(tmp_path / "nov.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not an improviser checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    good = (tmp_path / "v.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "cut.pt")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "text.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert zipfile.is_zipfile(tmp_path / "v.pt")
+
+
+def test_config_mismatch_is_a_clear_error(tmp_path):
+    model = BachLSTM(ModelConfig(hidden=16, layers=1))
+    save_checkpoint(tmp_path / "m.pt", model)
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    ckpt["config"]["hidden"] = 32
+    torch.save(ckpt, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_checkpoint(tmp_path / "bad.pt")
+    ckpt["config"]["hidden"] = 16
+    ckpt["config"]["wormhole"] = 1
+    torch.save(ckpt, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="unknown fields"):
+        load_checkpoint(tmp_path / "newer.pt")
