@@ -88,7 +88,8 @@ def load_prime(prime: Optional[Path], steps_per_beat: int):
 
 
 CHECKPOINT_OPT = typer.Option(None, "--checkpoint", "-c", help="Checkpoint file (default: the shipped Bach model).")
-TEMPERATURE_OPT = typer.Option(0.9, "--temperature", "-t", help="Sampling temperature, 0..5 (0 = always the likeliest).")
+TEMPERATURE_OPT = typer.Option(0.9, "--temperature", "-t",
+                               help="Sampling temperature, 0..5 (0 = always the likeliest).")
 STABILITY_OPT = typer.Option(1, "--stability", "-s", help="Minimum note length in steps (16ths), 1..64.")
 SEED_OPT = typer.Option(None, "--seed", help="Random seed; the same seed gives the same music.")
 BPM_OPT = typer.Option(100.0, "--bpm", help="Tempo in beats (quarter notes) per minute, 20..400.")

@@ -105,7 +105,8 @@ class BachLSTM(nn.Module):
             b = (getattr(self.lstm, f"bias_ih_l{k}") + getattr(self.lstm, f"bias_hh_l{k}")).detach().numpy()
             # One matrix for [x, h] so a layer is a single mat-vec.
             layers.append((np.ascontiguousarray(np.hstack([w_ih, w_hh]), np.float32), b.astype(np.float32)))
-        head = (self.head.weight.detach().numpy().astype(np.float32), self.head.bias.detach().numpy().astype(np.float32))
+        head = (self.head.weight.detach().numpy().astype(np.float32),
+                self.head.bias.detach().numpy().astype(np.float32))
         return {"layers": layers, "head": head}
 
 
