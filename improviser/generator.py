@@ -79,8 +79,8 @@ class StreamingGenerator:
         self._heard = Frame.silent()
         pos = np.array([self.step_index % self.steps_per_bar])
         x = frame_features(inp.onset[None], inp.sound[None], pos, self.cfg)[0]
-        logits = self.net.step(x)
-        out = self._sample(logits) if play else Frame.silent()
+        h = self.net.step(x)
+        out = self._sample(h) if play else Frame.silent()
         out = self._stabilise(out) if play else out
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
@@ -93,26 +93,20 @@ class StreamingGenerator:
             self.step(play=False)
             self.hear(Frame(grid.onset[t], grid.sound[t]))
 
-    def _sample(self, logits: np.ndarray) -> Frame:
+    def _sample(self, h: np.ndarray) -> Frame:
         cfg = self.cfg
         lo, hi = cfg.low, cfg.low + cfg.n_pitches
-        logits = logits.astype(np.float64)
-        # A pitch can only be "held" if the improviser itself sounded it at the last step.
-        logits[~self.last.sound[lo:hi], HOLD] = -np.inf
-        if self.temperature == 0:
-            state = np.argmax(logits, axis=1)
-        else:
-            z = logits / self.temperature
-            z -= z.max(axis=1, keepdims=True)
-            p = np.exp(z)
-            p /= p.sum(axis=1, keepdims=True)
-            u = self.rng.random(cfg.n_pitches)
-            cum = np.cumsum(p, axis=1)
-            state = (u[:, None] >= cum[:, :2]).sum(axis=1)  # inverse-CDF draw of one of 3 states per pitch
+        banned = np.zeros((cfg.n_pitches, cfg.states), bool)
+        if cfg.states == 3:
+            # A pitch can only be "held" if the improviser itself sounded it at the last step.
+            banned[:, HOLD] = ~self.last.sound[lo:hi]
+        u = self.rng.random(cfg.n_pitches)
+        state = self.net.sample(h, u, self.temperature, banned)
         onset = np.zeros(N_MIDI, bool)
         sound = np.zeros(N_MIDI, bool)
-        onset[lo:hi] = state == ONSET
         sound[lo:hi] = state != 0
+        # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
+        onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
         return Frame(onset, sound, self._velocity())
 
     def _stabilise(self, out: Frame) -> Frame:

@@ -4,7 +4,15 @@ Per step the model reads the frame that sounded at the previous step plus the
 position of the new step within its bar, and predicts, for every pitch of its
 range, one of three states: 0 = silent, 1 = held on from the previous step,
 2 = struck (an onset). Predicting "held" versus "struck" is how it learns note
-lengths and re-struck notes.
+lengths and re-struck notes. (A two-state model, silent/sounding, is used for
+the JSB Chorales benchmark, whose frames carry no onsets.)
+
+Two output heads:
+- ``independent``: every pitch's state from the LSTM state alone;
+- ``nade``: the pitches of a step modelled jointly, low to high, each one
+  conditioned on the LSTM state and on the states already chosen below it
+  (an RNN-NADE in the manner of Boulanger-Lewandowski et al. 2012, with an LSTM),
+  so chords and voicings come out coherent.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ class ModelConfig:
     dropout: float = 0.3
     bar_slots: int = 16  # one-hot size of "position of this step within the bar"
     steps_per_beat: int = 4
+    states: int = 3  # 3: off/hold/onset per pitch; 2: off/sounding (frames without onsets)
+    head: str = "independent"  # or "nade": the pitches of a step modelled jointly
+    nade_hidden: int = 128
 
     @property
     def n_inputs(self) -> int:
@@ -49,7 +60,10 @@ class ModelConfig:
         if unknown:
             raise CheckpointError(f"checkpoint config has unknown fields {sorted(unknown)}; "
                                   "it was written by a newer improviser — upgrade to load it")
-        return cls(**d)
+        cfg = cls(**d)
+        if cfg.head not in ("independent", "nade") or cfg.states not in (2, 3):
+            raise CheckpointError(f"checkpoint config has an unknown head {cfg.head!r} or states {cfg.states!r}")
+        return cfg
 
 
 def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig) -> np.ndarray:
@@ -69,52 +83,79 @@ def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cf
 
 
 def frame_targets(onset: np.ndarray, sound: np.ndarray, cfg: ModelConfig) -> np.ndarray:
-    """The state of each pitch at each step: int64 (T, n_pitches) of OFF/HOLD/ONSET."""
+    """The state of each pitch at each step: int64 (T, n_pitches) of OFF/HOLD/ONSET (or OFF/1 for 2 states)."""
     hi = cfg.low + cfg.n_pitches
     y = np.where(sound[:, cfg.low:hi], HOLD, OFF)
-    y[onset[:, cfg.low:hi]] = ONSET
+    if cfg.states == 3:
+        y[onset[:, cfg.low:hi]] = ONSET
     return y.astype(np.int64)
 
 
 class BachLSTM(nn.Module):
-    """An LSTM over steps with a per-pitch three-way (off/hold/onset) output."""
+    """An LSTM over steps with a per-pitch output of ``states`` classes (independent or NADE head)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        n, k = cfg.n_pitches, cfg.states
         self.lstm = nn.LSTM(cfg.n_inputs, cfg.hidden, cfg.layers, batch_first=True,
                             dropout=cfg.dropout if cfg.layers > 1 else 0.0)
         self.drop = nn.Dropout(cfg.dropout)
-        self.head = nn.Linear(cfg.hidden, cfg.n_pitches * 3)
+        self.head = nn.Linear(cfg.hidden, n * k)  # per-pitch logits (the output biases, for NADE)
+        if cfg.head == "nade":
+            hn = cfg.nade_hidden
+            self.nade_c = nn.Linear(cfg.hidden, hn)  # NADE hidden bias from the LSTM state
+            # Each pitch's chosen state (other than silent) adds a vector to the hidden
+            # pre-activation of every pitch above it...
+            self.nade_w = nn.Parameter(torch.randn(n, k - 1, hn) * 0.01)
+            # ...and each pitch reads its logits off the hidden layer it sees.
+            self.nade_v = nn.Parameter(torch.randn(n, k, hn) * 0.01)
 
-    def forward(self, x: torch.Tensor, state=None):
-        """x: (B, T, n_inputs) -> logits (B, T, n_pitches, 3) and the LSTM state."""
-        h, state = self.lstm(x, state)
-        logits = self.head(self.drop(h))
-        return logits.view(*logits.shape[:2], self.cfg.n_pitches, 3), state
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(frame_t | frames before t) for every step: x (B, T, n_inputs), y (B, T, n_pitches) -> (B, T).
+
+        (The forward pass, so DistributedDataParallel sees it.)
+        """
+        h, _ = self.lstm(x)
+        h = self.drop(h)
+        b = self.head(h).view(*h.shape[:2], self.cfg.n_pitches, self.cfg.states)  # (B, T, n, K)
+        if self.cfg.head == "nade":
+            onehot = nn.functional.one_hot(y, self.cfg.states)[..., 1:].to(h.dtype)  # (B, T, n, K-1)
+            z = torch.einsum("btnk,nkh->btnh", onehot, self.nade_w)  # each pitch's contribution
+            # Exclusive running sum over pitches: pitch i sees only pitches below it.
+            a = self.nade_c(h)[:, :, None, :] + torch.cumsum(z, dim=2) - z
+            b = b + torch.einsum("btnh,nkh->btnk", torch.sigmoid(a), self.nade_v)
+        logp = torch.log_softmax(b, dim=-1)
+        return logp.gather(-1, y[..., None])[..., 0].sum(-1)
+
+    log_prob = forward
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def numpy_weights(self) -> dict:
         """Weights as float32 numpy arrays for fast batch-1 stepping (see NumpyLSTM)."""
+        def f32(t):
+            return np.ascontiguousarray(t.detach().numpy(), np.float32)
+
         layers = []
         for k in range(self.cfg.layers):
-            w_ih = getattr(self.lstm, f"weight_ih_l{k}").detach().numpy()
-            w_hh = getattr(self.lstm, f"weight_hh_l{k}").detach().numpy()
-            b = (getattr(self.lstm, f"bias_ih_l{k}") + getattr(self.lstm, f"bias_hh_l{k}")).detach().numpy()
+            w_ih = getattr(self.lstm, f"weight_ih_l{k}")
+            w_hh = getattr(self.lstm, f"weight_hh_l{k}")
+            b = getattr(self.lstm, f"bias_ih_l{k}") + getattr(self.lstm, f"bias_hh_l{k}")
             # One matrix for [x, h] so a layer is a single mat-vec.
-            layers.append((np.ascontiguousarray(np.hstack([w_ih, w_hh]), np.float32), b.astype(np.float32)))
-        head = (self.head.weight.detach().numpy().astype(np.float32),
-                self.head.bias.detach().numpy().astype(np.float32))
-        return {"layers": layers, "head": head}
+            layers.append((f32(torch.cat([w_ih, w_hh], dim=1)), f32(b)))
+        w = {"layers": layers, "head": (f32(self.head.weight), f32(self.head.bias))}
+        if self.cfg.head == "nade":
+            w["nade"] = (f32(self.nade_c.weight), f32(self.nade_c.bias), f32(self.nade_w), f32(self.nade_v))
+        return w
 
 
 class NumpyLSTM:
     """Batch-1 inference of a BachLSTM, one step at a time, in numpy.
 
     torch's nn.LSTM costs milliseconds per single step on a CPU; the same
-    arithmetic as three mat-vecs in numpy costs a fraction of that.
+    arithmetic as a few mat-vecs in numpy costs a fraction of that.
     """
 
     def __init__(self, model: BachLSTM):
@@ -122,6 +163,7 @@ class NumpyLSTM:
         self.cfg = model.cfg
         self.layers = w["layers"]
         self.head_w, self.head_b = w["head"]
+        self.nade = w.get("nade")
         self.reset()
 
     def reset(self) -> None:
@@ -136,7 +178,7 @@ class NumpyLSTM:
         self.h, self.c = [h.copy() for h in state[0]], [c.copy() for c in state[1]]
 
     def step(self, x: np.ndarray) -> np.ndarray:
-        """x: float32 (n_inputs,) -> logits (n_pitches, 3); advances the hidden state."""
+        """x: float32 (n_inputs,) -> the top layer's output (hidden,); advances the hidden state."""
         n = self.cfg.hidden
         for k, (w, b) in enumerate(self.layers):
             gates = w @ np.concatenate([x, self.h[k]]) + b
@@ -148,7 +190,54 @@ class NumpyLSTM:
             self.c[k] = f * self.c[k] + i * g
             self.h[k] = o * np.tanh(self.c[k])
             x = self.h[k]
-        return (self.head_w @ x + self.head_b).reshape(self.cfg.n_pitches, 3)
+        return x
+
+    def logits(self, h: np.ndarray) -> np.ndarray:
+        """Independent head: (n_pitches, states) logits from the top layer's output."""
+        return (self.head_w @ h + self.head_b).reshape(self.cfg.n_pitches, self.cfg.states)
+
+    def sample(self, h: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
+        """Draw every pitch's state for one step -> int (n_pitches,).
+
+        u: uniform draws, one per pitch (inverse-CDF sampling, so a seed fixes the result).
+        banned: bool (n_pitches, states), states not allowed here (e.g. "held" for a silent pitch).
+        With the NADE head each pitch's distribution depends on the states chosen below it.
+        """
+        b = self.logits(h).astype(np.float64)
+        if self.nade is None:
+            return _draw(b, u, temperature, banned)
+        wc, bc, nw, nv = self.nade
+        a = (wc @ h + bc).astype(np.float64)  # hidden pre-activation seen by the lowest pitch
+        n = self.cfg.n_pitches
+        state = np.zeros(n, np.int64)
+        i = 0
+        # Silent pitches add nothing to the hidden layer, so between two sounding pitches every
+        # pitch sees the same hidden layer: compute all their logits in one go, draw them all,
+        # and only go again from the first pitch that sounds. Cost ~ (voices + 1) passes, not n.
+        while i < n:
+            logits = b[i:] + np.einsum("nkh,h->nk", nv[i:], _sigmoid(a))
+            drawn = _draw(logits, u[i:], temperature, banned[i:])
+            on = np.flatnonzero(drawn)
+            if on.size == 0:
+                break
+            j = i + on[0]
+            state[j] = drawn[on[0]]
+            a = a + nw[j, state[j] - 1]
+            i = j + 1
+        return state
+
+
+def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of logits (n, K) by inverse CDF with uniforms u (n,)."""
+    logits = np.where(banned, -np.inf, logits)
+    if temperature == 0:
+        return np.argmax(logits, axis=1)
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    cum = np.cumsum(p, axis=1)
+    cum /= cum[:, -1:]
+    return (u[:, None] >= cum[:, :-1]).sum(axis=1)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:

@@ -99,12 +99,10 @@ def make_windows(pieces: list[Grid], cfg: ModelConfig, seq_len: int, rng: np.ran
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ms))
 
 
-def window_loss(model: BachLSTM, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """Summed cross-entropy over pitches, averaged over real (unpadded) steps: nats per step."""
-    logits, _ = model(x)
-    ce = nn.functional.cross_entropy(logits.reshape(-1, 3), y.reshape(-1), reduction="none")
-    per_step = ce.view(y.shape).sum(-1)  # (N, L): nats for every pitch of a step together
-    return (per_step * m).sum() / m.sum(), float(m.sum())
+def window_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """-log p(frame | past), averaged over real (unpadded) steps: nats per step."""
+    logp = model(x, y)  # (N, L): log-probability of each whole frame
+    return -(logp * m).sum() / m.sum(), float(m.sum())
 
 
 @torch.no_grad()
@@ -197,9 +195,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         running = 0.0
         for b in bar:
             idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            logits, _ = net(x[idx])
-            ce = nn.functional.cross_entropy(logits.reshape(-1, 3), y[idx].reshape(-1), reduction="none")
-            loss = (ce.view(y[idx].shape).sum(-1) * m[idx]).sum() / m[idx].sum()
+            loss, _ = window_loss(net, x[idx], y[idx], m[idx])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)

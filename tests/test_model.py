@@ -32,10 +32,12 @@ def test_numpy_stepper_matches_torch_lstm():
     model = BachLSTM(ModelConfig(hidden=64, layers=2)).eval()
     x = torch.rand(1, 20, model.cfg.n_inputs)
     with torch.no_grad():
-        ref, _ = model(x)
+        ref, _ = model.lstm(x)
+        ref_logits = model.head(ref)
     net = NumpyLSTM(model)
     got = np.stack([net.step(x[0, t].numpy()) for t in range(20)])
     np.testing.assert_allclose(got, ref[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(net.logits(got[-1]).ravel(), ref_logits[0, -1].numpy(), atol=1e-4)
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -113,3 +115,56 @@ def test_config_mismatch_is_a_clear_error(tmp_path):
     torch.save(ckpt, tmp_path / "newer.pt")
     with pytest.raises(CheckpointError, match="unknown fields"):
         load_checkpoint(tmp_path / "newer.pt")
+
+
+def _all_frames(k: int, states: int) -> torch.Tensor:
+    import itertools
+
+    return torch.tensor(list(itertools.product(range(states), repeat=k)))
+
+
+@pytest.mark.parametrize("states", [2, 3])
+def test_nade_head_is_a_distribution_over_whole_frames(states):
+    """Summed over all states^k frames of a small model, the joint probabilities are exactly one."""
+    torch.manual_seed(1)
+    cfg = ModelConfig(low=60, n_pitches=5, hidden=16, layers=1, dropout=0.0, states=states, head="nade",
+                      nade_hidden=8)
+    model = BachLSTM(cfg).eval()
+    with torch.no_grad():  # make the pitches strongly dependent on each other
+        model.nade_w.normal_(0, 2.0)
+        model.nade_v.normal_(0, 2.0)
+    frames = _all_frames(5, states)  # (F, 5)
+    x = torch.rand(1, 3, cfg.n_inputs).expand(len(frames), 3, cfg.n_inputs)
+    y = torch.zeros(len(frames), 3, 5, dtype=torch.long)
+    y[:, 2] = frames
+    with torch.no_grad():
+        logp = model(x, y)[:, 2]
+    assert float(torch.logsumexp(logp, 0).exp()) == pytest.approx(1.0, abs=1e-5)
+    # Not a product of independent marginals: the head really couples the pitches.
+    p = logp.exp()
+    marg = [torch.stack([p[frames[:, i] == s].sum() for s in range(states)]) for i in range(5)]
+    indep = torch.stack([torch.prod(torch.stack([marg[i][f[i]] for i in range(5)])) for f in frames])
+    assert float((p - indep).abs().max()) > 1e-3
+
+
+def test_numpy_nade_sampler_draws_from_the_torch_distribution():
+    torch.manual_seed(2)
+    cfg = ModelConfig(low=60, n_pitches=3, hidden=8, layers=1, dropout=0.0, states=3, head="nade", nade_hidden=6)
+    model = BachLSTM(cfg).eval()
+    with torch.no_grad():
+        model.nade_w.normal_(0, 1.5)
+        model.nade_v.normal_(0, 1.5)
+    frames = _all_frames(3, 3)
+    x = torch.rand(1, 1, cfg.n_inputs)
+    with torch.no_grad():
+        p = model(x.expand(len(frames), 1, -1), frames[:, None, :])[:, 0].exp().numpy()
+    net = NumpyLSTM(model)
+    h = net.step(x[0, 0].numpy())
+    rng = np.random.default_rng(0)
+    banned = np.zeros((3, 3), bool)
+    n = 30000
+    counts = np.zeros(len(frames))
+    index = {tuple(f.tolist()): i for i, f in enumerate(frames)}
+    for _ in range(n):
+        counts[index[tuple(net.sample(h, rng.random(3), 1.0, banned).tolist())]] += 1
+    np.testing.assert_allclose(counts / n, p, atol=0.01)
