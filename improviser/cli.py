@@ -137,6 +137,11 @@ def train(
     data: Optional[list[Path]] = typer.Argument(None, help="MIDI files or folders to train on."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the best checkpoint."),
     corpus: Optional[str] = typer.Option(None, "--corpus", help="Train on a built-in corpus: bach-chorales."),
+    jsb: Optional[Path] = typer.Option(None, "--jsb", help="Train a benchmark model on a JSB Chorales JSON file "
+                                       "(its train split; valid chooses the model)."),
+    head: str = typer.Option("nade", "--head", help="Output head: nade (notes of a step jointly) or independent."),
+    nade_hidden: int = typer.Option(64, "--nade-hidden", help="Hidden units of the NADE head."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: all cores)."),
     epochs: int = typer.Option(40, "--epochs", help="Most epochs to run (early stopping may end sooner)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue from a checkpoint (OUT.last.pt)."),
     hidden: Optional[int] = typer.Option(None, "--hidden", help="LSTM size (default: sized by the data)."),
@@ -158,8 +163,16 @@ def train(
     from .train import TrainConfig
     from .train import train as run_train
 
-    if not data and not corpus:
-        raise ImproviserError("give MIDI files/folders to train on, or --corpus bach-chorales")
+    if not data and not corpus and not jsb:
+        raise ImproviserError("give MIDI files/folders to train on, or --corpus bach-chorales, or --jsb FILE.json")
+    if head not in ("nade", "independent"):
+        raise ImproviserError(f"unknown --head {head!r}; choose nade or independent")
+    if not (4 <= nade_hidden <= 2048):
+        raise ImproviserError("--nade-hidden must be 4..2048")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
     if corpus and corpus != "bach-chorales":
         raise ImproviserError(f"unknown corpus {corpus!r}; the built-in one is bach-chorales")
     if not (1 <= epochs <= 10_000) or not (1 <= batch_size <= 4096) or not (1 <= layers <= 8):
@@ -169,6 +182,21 @@ def train(
     if not (0 <= dropout < 1) or not (0 < lr < 1):
         raise ImproviserError("--dropout must be in [0, 1) and --lr in (0, 1)")
     check_output(out)
+    if jsb:
+        from .data import load_jsb
+
+        if data or corpus:
+            raise ImproviserError("--jsb trains a benchmark model on its own; leave out other data")
+        train_p, valid_p = load_jsb(jsb, "train")[:limit], load_jsb(jsb, "valid")
+        model_cfg = ModelConfig(low=21, n_pitches=88, hidden=hidden or 256, layers=layers, dropout=dropout,
+                                bar_slots=4, steps_per_beat=1, states=2, head=head, nade_hidden=nade_hidden)
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=64)
+        summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,
+                            description=f"JSB Chorales {jsb.name}, train split ({len(train_p)} pieces), "
+                                        "transposed to 12 keys", log=lambda s: typer.echo(s, err=True))
+        if summary["rank"] == 0:
+            typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/frame; wrote {out}", err=True)
+        return
     pieces = []
     description = []
     if corpus:
@@ -179,18 +207,231 @@ def train(
         pieces += mine
         description.append(f"{len(mine)} MIDI files")
     train_p, valid_p = split(pieces)
-    model_cfg = None
-    if hidden is not None or layers != 2 or dropout != 0.3:
-        from .model import default_size
+    from .model import default_size
 
-        n_steps = sum(len(p.grid) for p in train_p)
-        model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout)
+    n_steps = sum(len(p.grid) for p in train_p)
+    model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout,
+                            head=head, nade_hidden=nade_hidden)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
     summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,
                         description=" + ".join(description) + ", transposed to 12 keys",
                         log=lambda s: typer.echo(s, err=True))
     if summary["rank"] == 0:
         typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/step; wrote {out}", err=True)
+
+
+@app.command()
+@cli_errors
+def evaluate(
+    checkpoint: Optional[Path] = CHECKPOINT_OPT,
+    jsb: Optional[Path] = typer.Option(None, "--jsb", help="JSB Chorales JSON file to score (published protocol)."),
+    split_name: str = typer.Option("valid", "--split", help="Which split of --jsb: valid or test (or train)."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="MIDI files/folders held out from training."),
+    originality_check: bool = typer.Option(False, "--originality", help="Generate pieces and look for copies of "
+                                           "the training data, and compare profiles with held-out Bach."),
+    pieces: int = typer.Option(10, "--pieces", help="How many pieces --originality generates."),
+    seconds: float = typer.Option(30.0, "--seconds", help="Length of each generated piece."),
+    temperature: float = TEMPERATURE_OPT,
+) -> None:
+    """Score a model: NLL per frame on the JSB Chorales benchmark, NLL on your own held-out MIDI, originality.
+
+    Example: improviser evaluate --checkpoint checkpoints/jsb.pt --jsb jsb-chorales-quarter.json --split test
+             improviser evaluate --originality --pieces 10
+    """
+    from .evaluate import check_jsb_model, frame_nll, perplexity_note
+
+    if not (jsb or data or originality_check):
+        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, or --originality")
+    if split_name not in ("train", "valid", "test"):
+        raise ImproviserError(f"--split must be train, valid or test (got {split_name!r})")
+    if not (1 <= pieces <= 1000):
+        raise ImproviserError("--pieces must be 1..1000")
+    check_seconds(seconds)
+    model, ckpt = load_model(checkpoint)
+    if jsb:
+        from .data import load_jsb
+
+        check_jsb_model(model)
+        total, frames = frame_nll(model, [p.grid for p in load_jsb(jsb, split_name)], skip_first=True)
+        typer.echo(f"nll {total / frames:.4f}")
+        typer.echo(f"frames {frames}")
+        typer.echo(f"JSB {split_name}: {total / frames:.4f} nats per predicted frame over {frames} frames "
+                   f"{perplexity_note(total / frames)}", err=True)
+    if data:
+        from .data import load_midi_files
+
+        grids = [p.grid for p in load_midi_files(data, model.cfg.steps_per_beat)]
+        total, steps = frame_nll(model, grids, skip_first=True)
+        typer.echo(f"nll {total / steps:.4f} nats/step")
+        typer.echo(f"steps {steps}")
+    if originality_check:
+        _originality(model, ckpt, pieces, seconds, temperature)
+
+
+def _originality(model, ckpt, n_pieces: int, seconds: float, temperature: float) -> None:
+    from .data import load_bach_chorales, split
+    from .evaluate import format_profile, originality
+    from .generator import generate as gen
+
+    if model.cfg.steps_per_beat != 4:
+        raise ImproviserError("--originality compares 16th-note models with the Bach chorales")
+    typer.echo("generating and comparing with the Bach chorales...", err=True)
+    train_p, valid_p = split(load_bach_chorales())
+    n_steps = math.ceil(seconds * 100 / 60 * model.cfg.steps_per_beat)
+    generated = [gen(model, n_steps, temperature, 1, seed) for seed in range(n_pieces)]
+    r = originality(generated, [p.grid for p in train_p], [p.grid for p in valid_p])
+    typer.echo(f"longest verbatim copy of the training chorales (any transposition): {r['longest_copy_steps']} steps"
+               f" = {r['longest_copy_bars']:.2f} bars")
+    typer.echo(f"1-bar windows copied verbatim: {r['bars_copied']} of {r['bars_total']}")
+    typer.echo(f"profile overlap with {len(valid_p)} held-out chorales (1 = identical):")
+    for name, value in r["profile_overlap"].items():
+        typer.echo(f"  {name}: {value:.3f}")
+    for name, (ours, ref) in r["profiles"].items():
+        typer.echo(format_profile(name, ours, ref))
+
+
+# ---- live: record, play, ports (issue 3) ------------------------------------------------------------
+
+API_OPT = typer.Option(None, "--api", help="MIDI system: alsa, jack, coremidi or winmm (default: the platform's own).")
+OUTPUT_OPT = typer.Option(None, "--output",
+                          help="Play into the existing MIDI port whose name contains NAME "
+                               "(default: open a virtual port named 'improviser').")
+
+
+def _warn(text: str) -> None:
+    typer.echo(f"warning: {text}", err=True)
+
+
+def _live_generator(checkpoint: Optional[Path], temperature: float, stability: int, seed: Optional[int],
+                    prime: Optional[Path]):
+    """The streaming generator the live commands play, having listened to the primer if any."""
+    from .generator import StreamingGenerator
+
+    model, _ = load_model(checkpoint)
+    gen = StreamingGenerator(model, temperature, stability, seed)
+    primer = load_prime(prime, model.cfg.steps_per_beat)
+    if primer is not None:
+        gen.prime(primer)
+    return gen
+
+
+def _timing_line(result) -> str:
+    s = result.stats
+    return f"{s.played} steps played, {s.late_steps} late, worst send delay {s.max_send_delay * 1e3:.2f} ms"
+
+
+@app.command()
+@cli_errors
+def record(
+    out: Path = typer.Argument(..., help="MIDI file to write."),
+    seconds: float = typer.Option(30.0, "--seconds", help="How long to play, in seconds."),
+    api: Optional[str] = API_OPT,
+    output: Optional[str] = OUTPUT_OPT,
+    bpm: float = BPM_OPT,
+    temperature: float = TEMPERATURE_OPT,
+    stability: int = STABILITY_OPT,
+    seed: Optional[int] = SEED_OPT,
+    prime: Optional[Path] = PRIME_OPT,
+    checkpoint: Optional[Path] = CHECKPOINT_OPT,
+) -> None:
+    """Play SECONDS live, at tempo, into a MIDI port and save exactly what was played to a MIDI file.
+
+    Without --output it opens a virtual port named 'improviser' for a synth or DAW to listen to.
+    Ctrl-C stops early and keeps what was played. With no MIDI system at all it warns and
+    writes the file without playing it (as fast as the model goes).
+
+    Example: improviser record out.mid --seconds 30 --bpm 90 --api jack --output synth
+    """
+    from .generator import check_controls
+    from .live import record as run_record
+    from .ports import MidiSystemMissing, open_output
+
+    check_seconds(seconds)
+    check_bpm(bpm)
+    check_controls(temperature, stability)
+    check_output(out)
+    try:
+        port = open_output(api, output)
+    except MidiSystemMissing as e:
+        _warn(f"{e} -- writing {out} without playing it")
+        port = None
+    try:
+        if port is not None:
+            typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
+        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
+        result = run_record(gen, out, seconds, bpm, port, warn=_warn)
+    finally:
+        if port is not None:
+            port.close()
+    session = result.sessions[-1]
+    stopped = " (stopped early)" if result.interrupted else ""
+    typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
+               f"{_timing_line(result)}", err=True)
+
+
+@app.command()
+@cli_errors
+def play(
+    sessions: Path = typer.Option(Path("sessions"), "--sessions", help="Folder for the session files."),
+    session_seconds: float = typer.Option(30.0, "--session-seconds", help="Length of each session file."),
+    api: Optional[str] = API_OPT,
+    output: Optional[str] = OUTPUT_OPT,
+    bpm: float = BPM_OPT,
+    temperature: float = TEMPERATURE_OPT,
+    stability: int = STABILITY_OPT,
+    seed: Optional[int] = SEED_OPT,
+    prime: Optional[Path] = PRIME_OPT,
+    checkpoint: Optional[Path] = CHECKPOINT_OPT,
+) -> None:
+    """Improvise live into a MIDI port until Ctrl-C or SIGTERM, saving every session to a MIDI file.
+
+    Sessions follow each other without a break; files are named by start time; the partial last one is kept.
+
+    Example: improviser play --sessions ~/improvised --session-seconds 30 --api jack
+    """
+    from .generator import check_controls
+    from .live import play as run_play
+    from .ports import open_output
+
+    check_seconds(session_seconds, "--session-seconds")
+    check_bpm(bpm)
+    check_controls(temperature, stability)
+    if sessions.exists() and not sessions.is_dir():
+        raise ImproviserError(f"--sessions {sessions} is a file; give a folder")
+    try:
+        sessions.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
+    check_output(sessions / "session.mid")
+    port = open_output(api, output)  # no MIDI system: a PortError saying what to install
+    try:
+        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
+        typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
+                   f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
+        result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn,
+                          on_written=lambda path, s: typer.echo(
+                              f"wrote {path} ({s.length:.1f} s, {len(s.notes())} notes)", err=True))
+    finally:
+        port.close()
+    typer.echo(f"stopped after {len(result.paths)} sessions; {_timing_line(result)}", err=True)
+
+
+@app.command()
+@cli_errors
+def ports(api: Optional[str] = API_OPT) -> None:
+    """List the MIDI ports of a MIDI system: outputs to play into and inputs to listen to.
+
+    Example: improviser ports --api jack
+    """
+    from .ports import list_ports
+
+    found = list_ports(api)
+    typer.echo(f"MIDI outputs ({found.api}; play into one with --output NAME):")
+    for name in found.outputs or ["(none)"]:
+        typer.echo(f"  {name}")
+    typer.echo(f"MIDI inputs ({found.api}; ports that send MIDI):")
+    for name in found.inputs or ["(none)"]:
+        typer.echo(f"  {name}")
 
 
 def main() -> None:

@@ -1,0 +1,212 @@
+"""MIDI ports: a thin wrapper over mido's python-rtmidi backend, with stuck-note safety.
+
+- ``--api alsa|jack|coremidi|winmm`` picks the rtmidi API per call (a ``mido.Backend``
+  object), not through a process-wide environment variable.
+- ``open_output(api)`` opens a virtual output port whose name contains
+  ``improviser``; ``open_output(api, "NAME")`` connects to the existing port whose
+  name contains NAME, or raises ``PortError`` listing the ports that exist.
+- A missing MIDI system (no ALSA sequencer, no JACK server, ...) raises
+  ``MidiSystemMissing``, a ``PortError`` that says what to install or start.
+- ``OutputPort`` remembers which notes sound on which channel. ``silence()``
+  (also run by ``close()``) sends a note-off for each of them, then CC 123
+  (all notes off) on every channel used, then waits a few milliseconds so the
+  port has delivered them before anything is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import mido
+
+from .errors import PortError
+
+CLIENT_NAME = "improviser"  # every port this program opens has this in its name
+PORT_NAME = "out"
+SETTLE_SECONDS = 0.02  # after the last message, before closing: a few JACK/ALSA periods
+BURST = 16  # send stop-path note-offs in slices this big: JACK drops messages from large bursts
+
+# Our API names -> python-rtmidi's.
+APIS = {"alsa": "LINUX_ALSA", "jack": "UNIX_JACK", "coremidi": "MACOSX_CORE", "winmm": "WINDOWS_MM"}
+
+HOW_TO_GET_MIDI = {
+    "alsa": "the ALSA sequencer is not there (/dev/snd/seq is missing): load it with `sudo modprobe snd-seq` "
+            "(a container needs --device /dev/snd/seq), or start a JACK server and use --api jack",
+    "jack": "no JACK server is running: start one (e.g. `jackd -d alsa`, qjackctl, or PipeWire's JACK layer), "
+            "or use --api alsa",
+    "coremidi": "CoreMIDI did not answer; open Audio MIDI Setup and enable the IAC Driver",
+    "winmm": "Windows MIDI cannot make virtual ports: install loopMIDI, create a port in it, "
+             "and pass --output with its name",
+}
+
+
+class MidiSystemMissing(PortError):
+    """There is no MIDI system to open ports on at all (as opposed to a wrong port name)."""
+
+
+def default_api() -> str:
+    """The platform's usual API: CoreMIDI on macOS, WinMM on Windows, ALSA elsewhere."""
+    if sys.platform == "darwin":
+        return "coremidi"
+    if sys.platform.startswith("win"):
+        return "winmm"
+    return "alsa"
+
+
+def backend(api: str | None = None) -> mido.Backend:
+    """The mido rtmidi backend for ``api``; raises PortError for an unknown API, MidiSystemMissing if absent."""
+    api = (api or default_api()).lower()
+    if api not in APIS:
+        raise PortError(f"unknown MIDI API {api!r}; choose one of {', '.join(APIS)}")
+    try:
+        import rtmidi
+    except ImportError:
+        raise MidiSystemMissing("python-rtmidi is not installed: pip install python-rtmidi") from None
+    compiled = {rtmidi.get_api_name(a) for a in rtmidi.get_compiled_api()}
+    if api not in compiled:
+        raise MidiSystemMissing(f"this python-rtmidi was built without {api} "
+                                f"(it has: {', '.join(sorted(compiled)) or 'none'})")
+    if api == "alsa" and sys.platform.startswith("linux") and not os.path.exists("/dev/snd/seq"):
+        raise MidiSystemMissing(f"no MIDI system: {HOW_TO_GET_MIDI['alsa']}")
+    be = mido.Backend(f"mido.backends.rtmidi/{APIS[api]}", load=True)
+    try:
+        with _quiet_stderr():  # libjack and alsa-lib print several lines of their own on failure
+            be.get_output_names()
+    except Exception as e:  # rtmidi raises its own SystemError types
+        raise MidiSystemMissing(f"no MIDI system: {HOW_TO_GET_MIDI.get(api, str(e))}") from None
+    return be
+
+
+@dataclass(frozen=True)
+class PortList:
+    """Port names of one API. outputs: ports we can play into; inputs: ports we can listen to."""
+
+    api: str
+    outputs: list[str]
+    inputs: list[str]
+
+
+def list_ports(api: str | None = None) -> PortList:
+    be = backend(api)
+    with _quiet_stderr():
+        return PortList((api or default_api()).lower(), be.get_output_names(), be.get_input_names())
+
+
+def find_port(names: list[str], wanted: str, kind: str = "output") -> str:
+    """The one name that equals ``wanted`` or contains it (case-insensitive); PortError otherwise."""
+    if wanted in names:
+        return wanted
+    matches = [n for n in names if wanted.lower() in n.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    existing = ", ".join(repr(n) for n in names) if names else "none"
+    if not matches:
+        raise PortError(f"no MIDI {kind} port matches {wanted!r}; the {kind} ports are: {existing}")
+    raise PortError(f"{wanted!r} matches several MIDI {kind} ports ({', '.join(map(repr, matches))}); "
+                    "give more of the name")
+
+
+class OutputPort:
+    """An open MIDI output that remembers the notes it left sounding and can silence them.
+
+    port: any mido output port (or an object with ``send`` and ``close``).
+    """
+
+    def __init__(self, port, name: str | None = None, settle: float = SETTLE_SECONDS):
+        self._port = port
+        self.name = name or getattr(port, "name", "?")
+        self.settle = settle
+        self._sounding: dict[int, set[int]] = {}  # channel -> pitches with a note-on not yet turned off
+        self._channels: set[int] = set()  # every channel a note went out on
+        self.closed = False
+
+    def send(self, msg: mido.Message) -> None:
+        """Send one message, keeping track of sounding notes."""
+        self._port.send(msg)
+        if msg.type == "note_on" and msg.velocity > 0:
+            self._sounding.setdefault(msg.channel, set()).add(msg.note)
+            self._channels.add(msg.channel)
+        elif msg.type in ("note_off", "note_on"):  # note_on with velocity 0 is a note-off
+            self._sounding.get(msg.channel, set()).discard(msg.note)
+
+    def sounding(self) -> list[tuple[int, int]]:
+        """(channel, pitch) of every note that sounds now."""
+        return sorted((ch, p) for ch, pitches in self._sounding.items() for p in pitches)
+
+    def note_offs(self) -> list[mido.Message]:
+        """A note-off for every sounding note (what ``silence`` will send)."""
+        return [mido.Message("note_off", channel=ch, note=p, velocity=0) for ch, p in self.sounding()]
+
+    def silence(self) -> list[mido.Message]:
+        """Note-off for each sounding note, CC 123 on each used channel, then wait so they are delivered.
+
+        Returns the note-offs sent. Safe to call more than once.
+        """
+        offs = self.note_offs()
+        for i, msg in enumerate(offs):
+            if i and i % BURST == 0:
+                time.sleep(0.002)  # let the port drain between slices
+            self.send(msg)
+        for ch in sorted(self._channels):
+            self._port.send(mido.Message("control_change", channel=ch, control=123, value=0))
+        if offs or self._channels:
+            time.sleep(self.settle)
+        return offs
+
+    def close(self) -> None:
+        """Silence, then close the port. Safe to call more than once."""
+        if self.closed:
+            return
+        try:
+            self.silence()
+        finally:
+            self.closed = True
+            self._port.close()
+
+    def __enter__(self) -> OutputPort:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_output(api: str | None = None, name: str | None = None) -> OutputPort:
+    """A virtual output port named with ``improviser`` (name None), or the existing port matching ``name``."""
+    api = (api or default_api()).lower()
+    be = backend(api)
+    try:
+        with _quiet_stderr():
+            if name is None:
+                if api == "winmm":
+                    raise MidiSystemMissing(HOW_TO_GET_MIDI["winmm"])
+                port = be.open_output(PORT_NAME, client_name=CLIENT_NAME)
+                return OutputPort(port, f"{CLIENT_NAME}:{PORT_NAME}")
+            full = find_port(be.get_output_names(), name, "output")
+            return OutputPort(be.open_output(full), full)
+    except PortError:
+        raise
+    except Exception as e:  # rtmidi errors: the port vanished, the system refused, ...
+        raise PortError(f"cannot open MIDI output on {api}: {e}") from None
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 (C libraries' own messages) for the duration; Python errors still raise."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. some test runners): nothing to silence
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
