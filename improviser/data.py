@@ -179,3 +179,38 @@ def split(pieces: list[Piece], valid_fraction: float = 0.1) -> tuple[list[Piece]
     order = sorted(pieces, key=lambda p: hashlib.sha1(p.name.encode()).hexdigest())
     n_valid = min(len(pieces) - 1, max(1, round(valid_fraction * len(pieces))))
     return order[n_valid:], order[:n_valid]
+
+
+# ---- the JSB Chorales benchmark file ---------------------------------------------------------------
+
+def load_jsb(path: str | os.PathLike, split_name: str) -> list[Piece]:
+    """One split of a JSB Chorales JSON file ({"train"|"valid"|"test": [piece, ...]}, a piece a list of
+    frames, a frame a list of sounding MIDI pitches) as Grids, one step per frame.
+
+    The frames carry no onsets: a note starts where its pitch begins to sound.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        pieces = data[split_name]
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON file ({e})") from None
+    except (KeyError, TypeError):
+        raise DataError(f"{path}: has no split {split_name!r} (expected train, valid or test)") from None
+    out = []
+    for i, frames in enumerate(pieces):
+        sound = np.zeros((len(frames), 128), bool)
+        try:
+            for t, frame in enumerate(frames):
+                sound[t, [int(p) for p in frame]] = True
+        except (TypeError, ValueError, IndexError):
+            raise DataError(f"{path}: piece {i} of {split_name!r} is not a list of frames of MIDI pitches") from None
+        prev = np.vstack([np.zeros((1, 128), bool), sound[:-1]])
+        out.append(Piece(f"{split_name}/{i}", Grid(sound & ~prev, sound, 1, 4, 100.0)))
+    if not out:
+        raise DataError(f"{path}: split {split_name!r} is empty")
+    return out

@@ -47,7 +47,7 @@ class ModelConfig:
     steps_per_beat: int = 4
     states: int = 3  # 3: off/hold/onset per pitch; 2: off/sounding (frames without onsets)
     head: str = "independent"  # or "nade": the pitches of a step modelled jointly
-    nade_hidden: int = 128
+    nade_hidden: int = 64
 
     @property
     def n_inputs(self) -> int:
