@@ -220,14 +220,26 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
             if rank == 0:
                 log(f"stopping early: no better validation loss for {cfg.patience} epochs")
             break
+    identical = True
     if world > 1:
         import torch.distributed as dist
 
+        # DDP keeps the replicas equal by averaging gradients; check that it did, bit for bit.
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        gathered = [torch.zeros_like(flat) for _ in range(world)]
+        dist.all_gather(gathered, flat)
+        identical = all(torch.equal(gathered[0], g) for g in gathered)
+        if rank == 0:
+            log(f"{world} ranks, parameters identical across ranks: {'yes' if identical else 'NO'}")
         dist.barrier()
     if rank == 0 and not out.exists():
         save_checkpoint(out, model, **info_base, epoch=epoch, best_val_loss=best, history=history)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return {"best_val_loss": best, "epochs": epoch, "n_params": model.n_params(), "rank": rank, "world": world,
-            "seconds": time.monotonic() - t0, "model": model}
+            "seconds": time.monotonic() - t0, "model": model, "ranks_identical": identical}
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience for `python -m improviser.train`
