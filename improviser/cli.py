@@ -188,7 +188,10 @@ def train(
         if data or corpus:
             raise ImproviserError("--jsb trains a benchmark model on its own; leave out other data")
         train_p, valid_p = load_jsb(jsb, "train")[:limit], load_jsb(jsb, "valid")
-        model_cfg = ModelConfig(low=21, n_pitches=88, hidden=hidden or 256, layers=layers, dropout=dropout,
+        # The keys the benchmark ever uses (43..96) plus transpositions; the model gives the
+        # remaining keys of the 88 a probability of 0 of sounding, so it still is a distribution
+        # over all 88-key frames.
+        model_cfg = ModelConfig(low=36, n_pitches=67, hidden=hidden or 256, layers=layers, dropout=dropout,
                                 bar_slots=4, steps_per_beat=1, states=2, head=head, nade_hidden=nade_hidden)
         cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=64)
         summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,

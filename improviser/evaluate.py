@@ -45,9 +45,9 @@ def check_jsb_model(model: BachLSTM) -> None:
         raise ImproviserError("this checkpoint models note onsets on a 16th-note grid; the JSB benchmark scores "
                               "sounding keys per quarter note — train a benchmark model with "
                               "`improviser train --jsb FILE.json --out jsb.pt`")
-    if cfg.low > JSB_LOW or cfg.low + cfg.n_pitches - 1 < JSB_HIGH:
-        raise ImproviserError(f"the JSB benchmark scores the 88 keys MIDI 21..108; this model covers only "
-                              f"{cfg.low}..{cfg.low + cfg.n_pitches - 1}")
+    if cfg.low < JSB_LOW or cfg.low + cfg.n_pitches - 1 > JSB_HIGH:
+        raise ImproviserError(f"the JSB benchmark scores the 88 keys MIDI 21..108; this model plays "
+                              f"{cfg.low}..{cfg.low + cfg.n_pitches - 1}, outside them")
 
 
 def originality(generated: list[Grid], training: list[Grid], reference: list[Grid]) -> dict:

@@ -81,12 +81,13 @@ def make_windows(pieces: list[Grid], cfg: ModelConfig, seq_len: int, rng: np.ran
                 continue
             x, y = piece_arrays(g, cfg)
             offset = int(rng.integers(0, seq_len)) if rng is not None and len(g) > seq_len else 0
-            # The first window starts at 0 so piece openings are learned; later ones at a random phase.
-            starts = [0] + list(range(offset or seq_len, len(g), seq_len))
-            for s in starts:
-                if s >= len(g):
+            # Windows tile the piece without overlap; the first one is shortened by a random
+            # offset so the cuts fall at a different place every epoch.
+            bounds = [0] + list(range(seq_len - offset, len(g), seq_len)) + [len(g)]
+            for s, e in zip(bounds[:-1], bounds[1:]):
+                if e <= s:
                     continue
-                n = min(seq_len, len(g) - s)
+                n = e - s
                 xw = np.zeros((seq_len, x.shape[1]), np.float32)
                 yw = np.zeros((seq_len, y.shape[1]), np.int64)
                 mw = np.zeros(seq_len, np.float32)
