@@ -78,18 +78,35 @@ def _read_cached(path: Path, steps_per_beat: int) -> Grid:
     return grid
 
 
+def _read_one(args) -> tuple[str, dict | None, str]:
+    path, spb = args
+    try:
+        return str(path), _grid_to_arrays(_read_cached(Path(path), spb)), ""
+    except MidiFileError as e:
+        return str(path), None, str(e)
+    except Exception as e:  # a file that breaks the parser in an unforeseen way is skipped, not fatal
+        return str(path), None, f"{path}: unreadable ({type(e).__name__})"
+
+
 def load_midi_files(paths: Iterable[str | os.PathLike], steps_per_beat: int = STEPS_PER_BEAT,
-                    progress: bool = True) -> list[Piece]:
-    """Read MIDI files and folders. Unreadable files are skipped and counted in one line on stderr."""
+                    progress: bool = True, workers: int | None = None) -> list[Piece]:
+    """Read MIDI files and folders, in parallel, each parsed once and cached by content hash.
+
+    Unreadable files are skipped and counted in one line on stderr.
+    """
     from tqdm import tqdm
 
     files = find_midi_files(paths)
-    pieces, skipped = [], []
-    for f in tqdm(files, desc="reading MIDI", unit="file", disable=not progress or len(files) < 2):
-        try:
-            pieces.append(Piece(str(f), _read_cached(f, steps_per_beat)))
-        except MidiFileError as e:
-            skipped.append(str(e))
+    workers = workers or min(len(files) // 64 + 1, os.cpu_count() or 1)
+    jobs = [(f, steps_per_beat) for f in files]
+    bar = dict(total=len(files), desc="reading MIDI", unit="file", disable=not progress or len(files) < 2)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(_read_one, jobs, chunksize=32), **bar))
+    else:
+        results = [_read_one(j) for j in tqdm(jobs, **bar)]
+    pieces = [Piece(name, _arrays_to_grid(arr)) for name, arr, _ in results if arr is not None]
+    skipped = [err for _, arr, err in results if arr is None]
     if skipped:
         print(f"skipped {len(skipped)} of {len(files)} files that could not be used (first: {skipped[0]})",
               file=sys.stderr)
