@@ -437,6 +437,23 @@ def ports(api: Optional[str] = API_OPT) -> None:
         typer.echo(f"  {name}")
 
 
+@app.command()
+@cli_errors
+def plot(
+    midi: Path = typer.Argument(..., help="A MIDI file (e.g. a session file)."),
+    png: Path = typer.Argument(..., help="The PNG picture to write."),
+) -> None:
+    """Draw a piano roll of a MIDI file: the improviser's notes and the player's in two colours, bars marked.
+
+    Example: improviser plot sessions/session-0001.mid session.png
+    """
+    from .plot import plot_session
+
+    check_output(png)
+    plot_session(midi, png)
+    typer.echo(f"wrote {png}", err=True)
+
+
 def main() -> None:
     """Console entry point."""
     try:
