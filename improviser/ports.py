@@ -122,11 +122,13 @@ class OutputPort:
         self.settle = settle
         self._sounding: dict[int, set[int]] = {}  # channel -> pitches with a note-on not yet turned off
         self._channels: set[int] = set()  # every channel a note went out on
+        self._dirty = False  # something was sent since the last silence()
         self.closed = False
 
     def send(self, msg: mido.Message) -> None:
         """Send one message, keeping track of sounding notes."""
         self._port.send(msg)
+        self._dirty = True
         if msg.type == "note_on" and msg.velocity > 0:
             self._sounding.setdefault(msg.channel, set()).add(msg.note)
             self._channels.add(msg.channel)
@@ -144,8 +146,11 @@ class OutputPort:
     def silence(self) -> list[mido.Message]:
         """Note-off for each sounding note, CC 123 on each used channel, then wait so they are delivered.
 
-        Returns the note-offs sent. Safe to call more than once.
+        Returns the note-offs sent. Safe to call more than once: a second call with
+        nothing sent in between sends nothing.
         """
+        if not self._dirty:
+            return []
         offs = self.note_offs()
         for i, msg in enumerate(offs):
             if i and i % BURST == 0:
@@ -153,8 +158,8 @@ class OutputPort:
             self.send(msg)
         for ch in sorted(self._channels):
             self._port.send(mido.Message("control_change", channel=ch, control=123, value=0))
-        if offs or self._channels:
-            time.sleep(self.settle)
+        self._dirty = False
+        time.sleep(self.settle)
         return offs
 
     def close(self) -> None:

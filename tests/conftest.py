@@ -36,7 +36,10 @@ def jack_server():
         pytest.skip(reason)
     name = f"improviser-test-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, JACK_DEFAULT_SERVER=name)
-    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", "48000",
+    # -S (synchronous): each cycle waits for every client. In JACK2's default asynchronous mode a
+    # client that is a little late (no real-time priority, a busy CPU) gets its MIDI buffer read
+    # half-written, and messages arrive garbled or lost.
+    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", "48000",
                                "-p", str(JACK_PERIOD)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
