@@ -18,6 +18,7 @@ a short wait so the port delivers them, then the last (partial) session.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import queue
@@ -114,6 +115,7 @@ class LiveEngine:
         n_steps = None if seconds is None else max(1, math.ceil(seconds / self.step_seconds - 1e-9))
         result = LiveResult(self.conductor.stats)
         self._writer = _SessionWriter(self.on_session) if self.on_session else None
+        one_blas_thread()
         old_interval = sys.getswitchinterval()
         sys.setswitchinterval(SWITCH_INTERVAL)  # the producer and the file writer yield the GIL quickly
         try:
@@ -264,6 +266,35 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
         result.sessions.pop()
     result.paths = paths
     return result
+
+
+def one_blas_thread() -> bool:
+    """Make OpenBLAS (numpy's matrix library on Linux wheels) use one thread. True if it was found.
+
+    After every call its worker threads spin for a long while waiting for more
+    work; for one small matrix-vector product per step that burns half a core
+    and competes with the sender. Best effort: other BLAS builds are left alone.
+    """
+    try:
+        with open("/proc/self/maps") as maps:
+            libs = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
+    except OSError:  # not Linux
+        return False
+    found = False
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        # The symbol's name depends on how OpenBLAS was built (numpy's wheels rename it).
+        for symbol in ("openblas_set_num_threads", "openblas_set_num_threads64_",
+                       "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
+            set_threads = getattr(lib, symbol, None)
+            if set_threads is not None:
+                set_threads(1)
+                found = True
+                break
+    return found
 
 
 @contextlib.contextmanager

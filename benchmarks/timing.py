@@ -1,0 +1,210 @@
+"""Timing of the live engine against the ideal grid, on a real JACK server, beside a naive loop.
+
+    python benchmarks/timing.py [SECONDS] [--bpm 120] [--checkpoint P]
+
+Starts its own JACK server (dummy driver, 48 kHz, -p 32: a 0.67 ms period) and
+a monitor port in this process that timestamps every arriving message with
+time.monotonic(). Then it runs, one after the other and each in a process of
+its own, for SECONDS each:
+
+- the engine: ``LiveEngine`` as ``improviser record`` uses it (deadlines
+  ``t0 + k*step``, sleep then spin, the model on its own thread);
+- a naive loop: step the model, send, ``time.sleep(step)``, repeat.
+
+For every note-on it compares the arrival time at the monitor with the step's
+ideal time ``t0 + k*step`` (t0: the first step's deadline, read on the same
+monotonic clock by the player process). Reported: onset error p50/p99/max
+(this includes JACK's delivery, up to one period), the error less its median
+(the constant part of JACK's delivery: the jitter a listener hears), the same
+error at the send itself, drift over the run (a linear fit of the error against time), late
+steps, messages lost or garbled, and CPU time per second of music (all threads
+of the player process, JACK's client thread included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+
+PERIOD = 32
+RATE = 48000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("seconds", nargs="?", type=float, default=60.0, help="seconds each player runs")
+    ap.add_argument("--bpm", type=float, default=120.0)
+    ap.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
+    ap.add_argument("--child", choices=["engine", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--port", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return play_child(args)
+    if not shutil.which("jackd"):
+        sys.exit("jackd not found: install JACK (Debian/Ubuntu: apt-get install jackd2)")
+
+    name = f"improviser-bench-{uuid.uuid4().hex[:6]}"
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", str(RATE),
+                               "-p", str(PERIOD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monitor = None
+    try:
+        wait_for_jack()
+        import mido
+
+        received: list[tuple[float, list[int]]] = []
+        backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
+        # The callback only timestamps and appends: it runs on JACK's thread.
+        monitor = backend.open_input("monitor", client_name="bench",
+                                     callback=lambda m: received.append((time.monotonic(), m.bytes())))
+        results = {}
+        for kind in ("engine", "naive"):
+            received.clear()
+            cmd = [sys.executable, __file__, str(args.seconds), "--bpm", str(args.bpm), "--child", kind,
+                   "--port", "bench:monitor"] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+            time.sleep(0.1)  # the last messages are on their way
+            results[kind] = analyse(json.loads(out), list(received))
+        report(args, results)
+    finally:
+        if monitor is not None:
+            monitor.close()  # before the server goes, or rtmidi crashes at exit
+        server.terminate()
+        server.wait()
+
+
+def wait_for_jack() -> None:
+    for _ in range(100):
+        if subprocess.run(["jack_lsp"], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    sys.exit("jackd did not start")
+
+
+# ---- the players (child processes) ---------------------------------------------------------------
+
+class LoggedPort:
+    """A mido port that notes every message's send time (monotonic) and bytes."""
+
+    def __init__(self, port):
+        self.port, self.name, self.sent = port, port.name, []
+        self.step = None  # the naive loop says which step it is sending; the engine's is worked out
+
+    def send(self, msg) -> None:
+        self.sent.append((time.monotonic(), msg.bytes(), self.step))
+        self.port.send(msg)
+
+    def close(self) -> None:
+        self.port.close()
+
+
+def play_child(args) -> None:
+    from improviser.generator import StreamingGenerator
+    from improviser.live import LiveEngine, frame_messages, one_blas_thread
+    from improviser.model import default_checkpoint, load_checkpoint
+    from improviser.ports import OutputPort, backend
+
+    model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
+    one_blas_thread()  # for both players, so the CPU figures compare the loops, not BLAS's spinning
+    gen = StreamingGenerator(model, temperature=0.9, note_stability=1, seed=1)
+    step = 60.0 / args.bpm / model.cfg.steps_per_beat
+    raw = LoggedPort(backend("jack").open_output(args.port))
+    port = OutputPort(raw, args.port)
+    n_steps = int(args.seconds / step)
+    late = None
+    cpu0 = time.process_time()
+    if args.child == "engine":
+        engine = LiveEngine(gen, args.bpm, port)
+        engine.run(n_steps * step)
+        t0, late = engine.conductor.t0, engine.conductor.stats.late_steps
+    else:  # the naive loop: compute, send, sleep one step, repeat
+        sounding = np.zeros(128, bool)
+        t0 = time.monotonic()
+        for k in range(n_steps):
+            raw.step = k
+            frame = gen.step()
+            for msg in frame_messages(sounding, frame):
+                port.send(msg)
+            sounding = frame.sound
+            time.sleep(step)
+        raw.step = None
+        port.silence()
+    cpu = time.process_time() - cpu0
+    port.close()
+    json.dump({"t0": t0, "step": step, "n_steps": n_steps, "cpu": cpu, "late": late, "sent": raw.sent}, sys.stdout)
+
+
+# ---- analysis ------------------------------------------------------------------------------------
+
+def analyse(run: dict, received: list) -> dict:
+    sent = run["sent"]
+    t0, step = run["t0"], run["step"]
+    bad = sum(a[1] != b[1] for a, b in zip(sent, received)) + abs(len(sent) - len(received))
+    onset_err, send_err, at = [], [], []
+    for i, (t_send, data, k) in enumerate(sent):
+        is_on = data[0] & 0xF0 == 0x90 and data[2] > 0
+        if k is None:  # the engine sends within a fraction of a step of its deadline
+            k = round((t_send - t0) / step)
+        if not is_on or k >= run["n_steps"] or i >= len(received):
+            continue
+        ideal = t0 + k * step
+        onset_err.append(received[i][0] - ideal)
+        send_err.append(t_send - ideal)
+        at.append(ideal - t0)
+    onset_err, send_err, at = np.array(onset_err), np.array(send_err), np.array(at)
+    worst = int(np.argmax(np.abs(send_err)))
+    slope = np.polyfit(at, onset_err, 1)[0] if len(at) > 2 else float("nan")
+    seconds = run["n_steps"] * step
+    return {
+        "onsets": len(onset_err),
+        "p50": np.percentile(np.abs(onset_err), 50) * 1e3,
+        "p99": np.percentile(np.abs(onset_err), 99) * 1e3,
+        "max": np.abs(onset_err).max() * 1e3,
+        # Less the constant part (JACK's delivery, on average about one period): what a listener hears as jitter.
+        "jitter_p99": np.percentile(np.abs(onset_err - np.median(onset_err)), 99) * 1e3,
+        "send_p99": np.percentile(np.abs(send_err), 99) * 1e3,
+        "send_max": np.abs(send_err).max() * 1e3,
+        "worst_at": at[worst],
+        "drift": slope * seconds * 1e3,
+        "late": run["late"],
+        "cpu": 100 * run["cpu"] / seconds,
+        "bad": bad,
+    }
+
+
+def report(args, results: dict) -> None:
+    eng, nai = results["engine"], results["naive"]
+    step_ms = 60.0 / args.bpm / 4 * 1e3
+    print(f"timing: {args.seconds:g} s per player at {args.bpm:g} bpm (step {step_ms:.1f} ms), "
+          f"JACK dummy driver {RATE} Hz -p {PERIOD} (period {PERIOD / RATE * 1e3:.2f} ms), not real-time")
+    print(f"onsets measured: engine {eng['onsets']}, naive {nai['onsets']}")
+    rows = [
+        ("onset error p50 at monitor (ms)", "p50"),
+        ("onset error p99 at monitor (ms)", "p99"),
+        ("onset error max at monitor (ms)", "max"),
+        ("onset jitter p99 (minus median) (ms)", "jitter_p99"),
+        ("send error p99 (ms)", "send_p99"),
+        ("send error max (ms)", "send_max"),
+        ("drift over the run (ms)", "drift"),
+        ("CPU (% of one core)", "cpu"),
+        ("messages lost or garbled", "bad"),
+    ]
+    print(f"{'':38}{'engine':>10}{'naive':>10}{'naive/engine':>14}")
+    for label, key in rows:
+        a, b = eng[key], nai[key]
+        ratio = f"{b / a:14.1f}" if isinstance(a, float) and abs(a) > 1e-9 else f"{'':14}"
+        print(f"{label:38}{a:10.3f}{b:10.3f}{ratio}" if isinstance(a, float) else f"{label:38}{a:10}{b:10}")
+    print(f"{'late steps':38}{eng['late']:10}{'-':>10}")
+    print(f"worst send: engine at {eng['worst_at']:.2f} s, naive at {nai['worst_at']:.2f} s into the run")
+
+
+if __name__ == "__main__":
+    main()
