@@ -222,15 +222,22 @@ class Conductor:
                 self._producer.join(timeout=0.01)
 
     def _take(self, k: int, ready_by: float) -> Any:
-        """Item k from the producer, or None if it is not there by ``ready_by``; drops stale items."""
+        """Item k from the producer, or None if it is not there by ``ready_by``; drops stale items.
+
+        Returns _STOP if the producer has ended or ``stop()`` was called meanwhile.
+        """
+        budget = ready_by - self.clock.now()  # also counted down by hand: a virtual clock stands still here
         while True:
-            timeout = ready_by - self.clock.now()
+            timeout = min(budget, ready_by - self.clock.now())
+            wait = min(timeout, MAX_SLEEP)  # in slices, so that stop() is noticed even at a slow tempo
             try:
-                if timeout > 0:
-                    got = self._items.get(timeout=timeout)
-                else:
-                    got = self._items.get_nowait()
+                got = self._items.get(timeout=wait) if wait > 0 else self._items.get_nowait()
             except queue.Empty:
+                if self._stop.is_set():
+                    return _STOP
+                budget -= wait
+                if timeout > MAX_SLEEP:
+                    continue
                 return None
             if got is _STOP:
                 return _STOP

@@ -106,6 +106,15 @@ class LiveEngine:
         """End ``run`` soon and cleanly (from a signal handler or another thread)."""
         self.conductor.stop()
 
+    def set_bpm(self, bpm: float) -> None:
+        """Change tempo while playing: the next step keeps its time, the ones after it follow the new tempo.
+
+        Sessions stay a whole number of steps long, and their files carry the starting tempo
+        (note times in them are still the true ones).
+        """
+        self.step_seconds = 60.0 / float(bpm) / self.generator.cfg.steps_per_beat
+        self.conductor.set_step_seconds(self.step_seconds)
+
     def run(self, seconds: float | None = None) -> LiveResult:
         """Play for ``seconds`` (None: until ``stop()``); returns the sessions, the last one partial if stopped.
 
@@ -247,9 +256,11 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
     clock = clock or MonotonicClock()
     paths: list[Path] = []
 
+    # Wall-clock time of the sessions' starts, from one reading of both clocks, so names always sort in order.
+    wall0, clock0 = datetime.now(), clock.now()
+
     def write(session: Session) -> None:
-        # The session's start, on the wall clock: now minus how long ago it began on the monotonic clock.
-        when = datetime.now() - timedelta(seconds=max(0.0, clock.now() - session.start))
+        when = wall0 + timedelta(seconds=session.start - clock0)
         path = session.write(session_path(folder, session.index, when), bpm)
         paths.append(path)
         if on_written is not None:

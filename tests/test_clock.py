@@ -2,6 +2,7 @@
 
 import random
 import threading
+import time
 
 import pytest
 
@@ -95,3 +96,22 @@ def test_a_failing_model_stops_the_run_with_its_error():
 
     with pytest.raises(RuntimeError, match="model exploded"):
         run_conductor(10, 0.125, VirtualClock(), produce=produce)
+
+
+def test_stop_is_noticed_while_waiting_for_a_slow_model():
+    # At a slow tempo the sender may wait a long time for the model; a stop must not wait with it.
+    stuck = threading.Event()
+
+    def produce(k):
+        if k == 3:
+            stuck.wait(30)
+        return k
+
+    conductor = Conductor(20.0, produce, lambda k, item: item, lambda k, payload, t: None, clock=VirtualClock())
+    threading.Timer(0.2, conductor.stop).start()
+    t = time.monotonic()
+    stats = conductor.run(10, start=1.0)
+    stuck.set()
+    conductor.close()
+    assert time.monotonic() - t < 5  # not the 20 s the step lasts
+    assert stats.played == 3 and stats.late_steps == 0  # stopping is not the model being late
