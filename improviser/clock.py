@@ -14,6 +14,8 @@ Two threads share the work:
 - the *sender* (the thread that calls ``run``) takes item ``k`` from the queue,
   calls ``prepare(k, item)`` (turn it into messages, well before the deadline),
   waits for the deadline and calls ``perform(k, payload, t)`` (send them).
+  On the real clock it asks for SCHED_FIFO where allowed, so a busy machine
+  does not wake it late.
 
 The sender never waits on the model beyond a deadline. If item ``k`` is not
 ready ``spin`` seconds before its deadline, step ``k`` is **skipped**: nothing
@@ -30,7 +32,9 @@ deadline and only the spacing after it changes: no jump, no burst.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import threading
 import time
@@ -171,6 +175,14 @@ class Conductor:
             self.t0 = first - self.next_step * self.step_seconds
         self._start_producer()
         end = None if n_steps is None else self.next_step + n_steps
+        real = isinstance(self.clock, MonotonicClock)  # a virtual clock never sleeps: keep it a normal thread
+        with realtime_priority() if real else contextlib.nullcontext():
+            self._send_loop(end)
+        if self._producer_error is not None:
+            raise self._producer_error
+        return self.stats
+
+    def _send_loop(self, end: int | None) -> None:
         while not self._stop.is_set() and (end is None or self.next_step < end):
             self._apply_tempo_change()
             k = self.next_step
@@ -192,9 +204,6 @@ class Conductor:
                 self.stats.max_send_delay = max(self.stats.max_send_delay, t - deadline)
             self.stats.steps += 1
             self.next_step = k + 1
-        if self._producer_error is not None:
-            raise self._producer_error
-        return self.stats
 
     def wait_until(self, deadline: float) -> bool:
         """Sleep until about ``spin`` before ``deadline``, then spin. False if stopped meanwhile."""
@@ -282,6 +291,27 @@ class Conductor:
                 self._items.put_nowait(_STOP)
             except queue.Full:
                 pass
+
+
+@contextlib.contextmanager
+def realtime_priority(priority: int = 10):
+    """Run the calling thread under SCHED_FIFO where the system allows it (Linux, with rtprio rights).
+
+    A loaded machine can otherwise wake the sender several milliseconds late.
+    Best effort: without the right (the usual case for a desktop user outside
+    the ``audio`` group) nothing changes. The previous policy is restored after.
+    """
+    try:
+        old = os.sched_getscheduler(0), os.sched_getparam(0)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # pid 0: this thread only
+    except (AttributeError, OSError):  # not Linux, or not allowed
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, old[0], old[1])
 
 
 def _log_late(k: int) -> None:
