@@ -1,6 +1,6 @@
 """Timing of the live engine against the ideal grid, on a real JACK server, beside a naive loop.
 
-    python benchmarks/timing.py [SECONDS] [--bpm 120] [--checkpoint P]
+    python benchmarks/timing.py [SECONDS] [--bpm 120] [--checkpoint P] [--jack-realtime]
 
 Starts its own JACK server (dummy driver, 48 kHz, -p 32: a 0.67 ms period) and
 a monitor port in this process that timestamps every arriving message with
@@ -43,7 +43,9 @@ def main() -> None:
     ap.add_argument("seconds", nargs="?", type=float, default=60.0, help="seconds each player runs")
     ap.add_argument("--bpm", type=float, default=120.0)
     ap.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
-    ap.add_argument("--child", choices=["engine", "naive"], help=argparse.SUPPRESS)
+    ap.add_argument("--jack-realtime", action="store_true",
+                    help="run jackd with real-time scheduling (-R), as on a music machine; needs rtprio rights")
+    ap.add_argument("--child", choices=["engine", "naive", "idle"], help=argparse.SUPPRESS)
     ap.add_argument("--port", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -53,8 +55,10 @@ def main() -> None:
 
     name = f"improviser-bench-{uuid.uuid4().hex[:6]}"
     os.environ["JACK_DEFAULT_SERVER"] = name
-    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", str(RATE),
-                               "-p", str(PERIOD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rt = "-R" if args.jack_realtime else "--no-realtime"
+    # -S: synchronous, so a late client delays the cycle instead of getting its MIDI garbled (see tests/conftest.py)
+    server = subprocess.Popen(["jackd", "-n", name, rt, "-S", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     monitor = None
     try:
         wait_for_jack()
@@ -65,7 +69,10 @@ def main() -> None:
         # The callback only timestamps and appends: it runs on JACK's thread.
         monitor = backend.open_input("monitor", client_name="bench",
                                      callback=lambda m: received.append((time.monotonic(), m.bytes())))
-        results = {}
+        idle_s = min(args.seconds, 10.0)
+        cmd = [sys.executable, __file__, str(idle_s), "--child", "idle", "--port", "bench:monitor"]
+        idle = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+        results = {"idle_cpu": 100 * idle["cpu"] / idle_s}
         for kind in ("engine", "naive"):
             received.clear()
             cmd = [sys.executable, __file__, str(args.seconds), "--bpm", str(args.bpm), "--child", kind,
@@ -107,6 +114,15 @@ class LoggedPort:
 
 
 def play_child(args) -> None:
+    if args.child == "idle":  # the cost of a JACK client that only has a port open
+        from improviser.ports import backend
+
+        port = backend("jack").open_output(args.port)
+        cpu0 = time.process_time()
+        time.sleep(args.seconds)
+        json.dump({"cpu": time.process_time() - cpu0}, sys.stdout)
+        port.close()
+        return
     from improviser.generator import StreamingGenerator
     from improviser.live import LiveEngine, frame_messages, one_blas_thread
     from improviser.model import default_checkpoint, load_checkpoint
@@ -184,7 +200,8 @@ def report(args, results: dict) -> None:
     eng, nai = results["engine"], results["naive"]
     step_ms = 60.0 / args.bpm / 4 * 1e3
     print(f"timing: {args.seconds:g} s per player at {args.bpm:g} bpm (step {step_ms:.1f} ms), "
-          f"JACK dummy driver {RATE} Hz -p {PERIOD} (period {PERIOD / RATE * 1e3:.2f} ms), not real-time")
+          f"JACK dummy driver {RATE} Hz -p {PERIOD} (period {PERIOD / RATE * 1e3:.2f} ms), "
+          f"{'real-time' if args.jack_realtime else 'not real-time'}")
     print(f"onsets measured: engine {eng['onsets']}, naive {nai['onsets']}")
     rows = [
         ("onset error p50 at monitor (ms)", "p50"),
@@ -203,6 +220,9 @@ def report(args, results: dict) -> None:
         ratio = f"{b / a:14.1f}" if isinstance(a, float) and abs(a) > 1e-9 else f"{'':14}"
         print(f"{label:38}{a:10.3f}{b:10.3f}{ratio}" if isinstance(a, float) else f"{label:38}{a:10}{b:10}")
     print(f"{'late steps':38}{eng['late']:10}{'-':>10}")
+    idle = results["idle_cpu"]
+    print(f"CPU less an idle JACK client ({idle:.2f} % of a core, its thread wakes every period): "
+          f"engine {eng['cpu'] - idle:.2f} %, naive {nai['cpu'] - idle:.2f} %")
     print(f"worst send: engine at {eng['worst_at']:.2f} s, naive at {nai['worst_at']:.2f} s into the run")
 
 
