@@ -119,7 +119,7 @@ class LiveEngine:
         """Play for ``seconds`` (None: until ``stop()``); returns the sessions, the last one partial if stopped.
 
         The run ends ``seconds`` after its first step, when the last notes are
-        turned off; the last session file is exactly that long.
+        turned off; the last session file is exactly that long. One run per engine.
         """
         n_steps = None if seconds is None else max(1, math.ceil(seconds / self.step_seconds - 1e-9))
         result = LiveResult(self.conductor.stats)
