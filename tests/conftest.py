@@ -26,7 +26,7 @@ def _jack_answers(env: dict) -> bool:
 
 
 @pytest.fixture(scope="session")
-def jack_server():
+def jack_server(tmp_path_factory):
     """The name of a running JACK server (dummy driver, -p 32), set as JACK_DEFAULT_SERVER."""
     missing = [tool for tool in ("jackd", "jack_lsp") if shutil.which(tool) is None]
     if missing:
@@ -39,15 +39,19 @@ def jack_server():
     # -S (synchronous): each cycle waits for every client. In JACK2's default asynchronous mode a
     # client that is a little late (no real-time priority, a busy CPU) gets its MIDI buffer read
     # half-written, and messages arrive garbled or lost.
+    # Its output goes to a file, never to a pipe nobody reads: under load jackd logs every xrun,
+    # and a full pipe blocks the server, which then hangs every client that talks to it.
+    log_path = tmp_path_factory.mktemp("jack") / "jackd.log"
+    log_file = open(log_path, "w")  # noqa: SIM115 - closed when the server stops
     server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", "48000",
                                "-p", str(JACK_PERIOD)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 10
     while not _jack_answers(env):
         if server.poll() is not None or time.monotonic() > deadline:
             server.kill()
-            err = server.stderr.read() if server.stderr else ""
-            pytest.fail(f"jackd did not start: {err.strip()[-500:]}")
+            log_file.close()
+            pytest.fail(f"jackd did not start: {log_path.read_text().strip()[-500:]}")
         time.sleep(0.1)
     old = os.environ.get("JACK_DEFAULT_SERVER")
     os.environ["JACK_DEFAULT_SERVER"] = name  # this process's ports and every subprocess use it
@@ -64,6 +68,7 @@ def jack_server():
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        log_file.close()
 
 
 class Monitor:
