@@ -244,9 +244,21 @@ def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm:
     events_per_track = []
     for name, notes in tracks.items():
         events = []
-        for n in notes:
-            on, off = round(n.start * ticks_per_s), round(n.end * ticks_per_s)
+        spans = sorted(((round(n.start * ticks_per_s), round(n.end * ticks_per_s), n) for n in notes),
+                       key=lambda x: (x[0], x[1]))
+        next_on: dict[tuple[int, int], int] = {}  # (channel, pitch) -> tick of the next note-on
+        clipped = []
+        for on, off, n in reversed(spans):
+            key = (n.channel, n.pitch)
+            # A note lasts at least a tick but may not run into the next note of the same pitch
+            # (that would sound as one long note); one left with no length at all is dropped.
             off = max(off, on + 1)
+            if key in next_on:
+                off = min(off, next_on[key])
+            if off > on:
+                clipped.append((on, off, n))
+            next_on[key] = on
+        for on, off, n in clipped:
             # Sort key puts note-offs before note-ons at the same tick, so a re-strike is off-then-on.
             events.append((on, 1, mido.Message("note_on", note=n.pitch, velocity=n.velocity, channel=n.channel)))
             events.append((off, 0, mido.Message("note_off", note=n.pitch, velocity=0, channel=n.channel)))

@@ -46,6 +46,10 @@ class Session:
 class _Open:
     start: float
     velocity: int
+    carried: bool = False  # opened by a session split, not by a note-on
+
+
+CARRY_EPSILON = 0.002  # s; a carried note that ends this soon after the seam really ended at the seam
 
 
 class SessionRecorder:
@@ -78,7 +82,7 @@ class SessionRecorder:
         """End the session at ``t`` and begin the next one there; held notes carry over, re-struck."""
         held = dict(self._open)
         done = self._finish(t)
-        self._open = {key: _Open(t, note.velocity) for key, note in held.items()}
+        self._open = {key: _Open(t, note.velocity, carried=True) for key, note in held.items()}
         return done
 
     def finish(self, t: float) -> Session:
@@ -99,6 +103,10 @@ class SessionRecorder:
 
     def _close(self, key: tuple[str, int, int], t: float) -> None:
         note = self._open.pop(key)
+        if note.carried and t - note.start < CARRY_EPSILON:
+            # The note ended (or was struck again) on the seam step itself: the previous session
+            # already holds it up to the seam, so nothing of it belongs in this one.
+            return
         track, channel, pitch = key
         s0 = self.session_start
         self._notes.setdefault(track, []).append(
