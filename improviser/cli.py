@@ -305,6 +305,49 @@ def _warn(text: str) -> None:
     typer.echo(f"warning: {text}", err=True)
 
 
+# ---- listening (issue 4): --input, --mode, --respond-after, --cc, --sync ------------------------------
+
+INPUT_OPT = typer.Option(None, "--input", help="Listen to the MIDI input port whose name contains NAME, or "
+                         "'virtual' to open an input port named 'improviser' (a keyboard or DAW plays into it).")
+MODE_OPT = typer.Option(None, "--mode", help="With --input: respond (the default: it listens while you play and "
+                        "answers when you pause) or accompany (it plays along and hears you as part of the music).")
+RESPOND_AFTER_OPT = typer.Option(2.0, "--respond-after", help="Respond mode: beats of silence before it answers.")
+CC_OPT = typer.Option(None, "--cc", help="Move a live control to another controller number, NAME=NUMBER "
+                      "(repeatable). Defaults: temperature=74, stability=71, tempo=76, panic=119.")
+SYNC_OPT = typer.Option("internal", "--sync", help="internal: its own clock at --bpm; clock: follow the 24 ppqn "
+                        "MIDI clock (start/stop/continue) arriving on --input.")
+
+
+def _listening(api: Optional[str], input_name: Optional[str], mode: Optional[str], respond_after: float,
+               cc: Optional[list[str]], sync: str, primed: bool):
+    """(engine class, listener) for record/play: a ListeningEngine listening on --input, or (None, None)."""
+    from .listen import InputListener, ListeningEngine, check_mode, parse_cc_map, start_listening
+
+    if sync not in ("internal", "clock"):
+        raise ImproviserError(f"unknown --sync {sync!r}; choose internal or clock")
+    if input_name is None:
+        if mode is not None or cc or sync == "clock":
+            raise ImproviserError("--mode, --cc and --sync clock need a MIDI input: add --input NAME or "
+                                  "--input virtual")
+        return None, None
+    mode = check_mode(mode or "respond")
+    if not (0.25 <= respond_after <= 64) or math.isnan(respond_after):
+        raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {respond_after})")
+    cc_map = parse_cc_map(cc)
+    follower = None
+    if sync == "clock":
+        from .sync import ClockFollower
+
+        follower = ClockFollower()
+    listener = InputListener(on_clock=follower.handle if follower else None, panic_cc=cc_map["panic"])
+    name = start_listening(listener, api, input_name)
+    typer.echo(f"listening on MIDI port {name!r} ({mode}"
+               f"{', following its MIDI clock' if follower else ''})", err=True)
+    engine = functools.partial(ListeningEngine, listener=listener, mode=mode, respond_after=respond_after,
+                               cc=cc_map, primed=primed, follower=follower)
+    return engine, listener
+
+
 def _live_generator(checkpoint: Optional[Path], temperature: float, stability: int, seed: Optional[int],
                     prime: Optional[Path]):
     """The streaming generator the live commands play, having listened to the primer if any."""
@@ -330,6 +373,11 @@ def record(
     seconds: float = typer.Option(30.0, "--seconds", help="How long to play, in seconds."),
     api: Optional[str] = API_OPT,
     output: Optional[str] = OUTPUT_OPT,
+    input_name: Optional[str] = INPUT_OPT,
+    mode: Optional[str] = MODE_OPT,
+    respond_after: float = RESPOND_AFTER_OPT,
+    cc: Optional[list[str]] = CC_OPT,
+    sync: str = SYNC_OPT,
     bpm: float = BPM_OPT,
     temperature: float = TEMPERATURE_OPT,
     stability: int = STABILITY_OPT,
@@ -356,16 +404,26 @@ def record(
     try:
         port = open_output(api, output)
     except MidiSystemMissing as e:
+        if input_name is not None:
+            raise  # nothing to listen on: say what to install
         _warn(f"{e} -- writing {out} without playing it")
         port = None
+    listener = None
     try:
+        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
+        engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
         if port is not None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
-        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
-        result = run_record(gen, out, seconds, bpm, port, warn=_warn)
+        result = run_record(gen, out, seconds, bpm, port, warn=_warn, **({"engine_class": engine} if engine else {}))
     finally:
+        if listener is not None:
+            listener.close()
         if port is not None:
             port.close()
+    if listener is not None:
+        from .listen import listening_summary
+
+        typer.echo(listening_summary(listener), err=True)
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
     typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
@@ -379,6 +437,11 @@ def play(
     session_seconds: float = typer.Option(30.0, "--session-seconds", help="Length of each session file."),
     api: Optional[str] = API_OPT,
     output: Optional[str] = OUTPUT_OPT,
+    input_name: Optional[str] = INPUT_OPT,
+    mode: Optional[str] = MODE_OPT,
+    respond_after: float = RESPOND_AFTER_OPT,
+    cc: Optional[list[str]] = CC_OPT,
+    sync: str = SYNC_OPT,
     bpm: float = BPM_OPT,
     temperature: float = TEMPERATURE_OPT,
     stability: int = STABILITY_OPT,
@@ -407,15 +470,24 @@ def play(
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
     port = open_output(api, output)  # no MIDI system: a PortError saying what to install
+    listener = None
     try:
         gen = _live_generator(checkpoint, temperature, stability, seed, prime)
+        engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
         result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn,
                           on_written=lambda path, s: typer.echo(
-                              f"wrote {path} ({s.length:.1f} s, {len(s.notes())} notes)", err=True))
+                              f"wrote {path} ({s.length:.1f} s, {len(s.notes())} notes)", err=True),
+                          **({"engine_class": engine} if engine else {}))
     finally:
+        if listener is not None:
+            listener.close()
         port.close()
+    if listener is not None:
+        from .listen import listening_summary
+
+        typer.echo(listening_summary(listener), err=True)
     typer.echo(f"stopped after {len(result.paths)} sessions; {_timing_line(result)}", err=True)
 
 
@@ -452,6 +524,21 @@ def plot(
     check_output(png)
     plot_session(midi, png)
     typer.echo(f"wrote {png}", err=True)
+
+
+@app.command()
+@cli_errors
+def doctor() -> None:
+    """Say which MIDI systems work here (ALSA, JACK, CoreMIDI, Windows MIDI) and how to fix each missing one.
+
+    Example: improviser doctor
+    """
+    from .doctor import check_all, report
+
+    checks = check_all()
+    typer.echo(report(checks))
+    if not any(c.ok for c in checks):
+        raise typer.Exit(1)
 
 
 def main() -> None:
