@@ -226,7 +226,8 @@ class _SessionWriter:
 
 def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: float,
            port: OutputPort | None = None, clock: Clock | None = None,
-           warn: Callable[[str], None] | None = None) -> LiveResult:
+           warn: Callable[[str], None] | None = None,
+           engine_class: Callable[..., LiveEngine] = LiveEngine) -> LiveResult:
     """Play ``seconds`` live into ``port`` and save what was sent to ``out``.
 
     Without a port it runs on a virtual clock, i.e. as fast as the model goes,
@@ -235,7 +236,7 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
     """
     if port is None and clock is None:
         clock = VirtualClock()
-    engine = LiveEngine(generator, bpm, port, clock=clock, warn=warn)
+    engine = engine_class(generator, bpm, port, clock=clock, warn=warn)  # e.g. a ListeningEngine (partial)
     with stop_on_signals(engine.stop):
         result = engine.run(seconds)
     session = result.sessions[-1]
@@ -245,7 +246,8 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
 
 def play(generator: StreamingGenerator, sessions_dir: str | Path, session_seconds: float, bpm: float,
          port: OutputPort, clock: Clock | None = None, warn: Callable[[str], None] | None = None,
-         on_written: Callable[[Path, Session], None] | None = None) -> LiveResult:
+         on_written: Callable[[Path, Session], None] | None = None,
+         engine_class: Callable[..., LiveEngine] = LiveEngine) -> LiveResult:
     """The service: play until Ctrl-C or SIGTERM, writing each session back to back into ``sessions_dir``.
 
     The hidden state carries on from session to session; the partial last
@@ -266,8 +268,8 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
         if on_written is not None:
             on_written(path, session)
 
-    engine = LiveEngine(generator, bpm, port, clock=clock, session_seconds=session_seconds,
-                        on_session=write, warn=warn)
+    engine = engine_class(generator, bpm, port, clock=clock, session_seconds=session_seconds,
+                          on_session=write, warn=warn)
     with stop_on_signals(engine.stop):
         result = engine.run(None)
     last = result.sessions[-1]

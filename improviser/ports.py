@@ -198,6 +198,31 @@ def open_output(api: str | None = None, name: str | None = None) -> OutputPort:
         raise PortError(f"cannot open MIDI output on {api}: {e}") from None
 
 
+IN_PORT_NAME = "in"
+
+
+def open_input(callback, api: str | None = None, name: str | None = None):
+    """Listen on a virtual input port named with ``improviser`` (name None or "virtual") or on the existing
+    input port matching ``name``. ``callback(msg)`` runs on the MIDI system's thread for every message.
+
+    Returns the open mido port (close it to stop listening).
+    """
+    api = (api or default_api()).lower()
+    be = backend(api)
+    try:
+        with _quiet_stderr():
+            if name is None or name == "virtual":
+                if api == "winmm":
+                    raise MidiSystemMissing(HOW_TO_GET_MIDI["winmm"].replace("--output", "--input"))
+                return be.open_input(IN_PORT_NAME, client_name=CLIENT_NAME, callback=callback)
+            full = find_port(be.get_input_names(), name, "input")
+            return be.open_input(full, callback=callback)
+    except PortError:
+        raise
+    except Exception as e:  # rtmidi errors: the port vanished, the system refused, ...
+        raise PortError(f"cannot open MIDI input on {api}: {e}") from None
+
+
 @contextlib.contextmanager
 def _quiet_stderr():
     """Silence file descriptor 2 (C libraries' own messages) for the duration; Python errors still raise."""

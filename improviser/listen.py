@@ -1,0 +1,382 @@
+"""Listening: a player's MIDI input primes the model, call and response or accompaniment, live CC controls.
+
+The data path, one direction:
+
+- ``InputListener.on_message`` runs on the MIDI system's thread. It only reads
+  the monotonic clock and sorts: notes and control changes go into a bounded
+  queue (never blocks; overflow is counted), MIDI clock/start/stop/continue/song
+  position go to the ``ClockFollower`` (``sync.py``), anything else (sysex,
+  pitch bend, aftertouch, ...) is counted and dropped.
+- ``ListeningEngine`` (a ``LiveEngine``) drains the queue on the conductor's
+  producer thread just before it computes a step: the notes heard become a
+  ``Frame`` for that step (struck notes are onsets, held notes keep sounding
+  across steps) fed to ``generator.step(heard=...)``, so every heard note moves
+  the hidden state; control changes set temperature, note stability, tempo or
+  reset everything (panic).
+- With the internal clock the producer waits until half a step before a
+  step's deadline before draining, so a note is heard by the step nearest to
+  it (the quantisation) and the model still has half a step to run.
+- The sending thread records the player's notes on the ``player`` track with
+  their arrival times, and checks two counters the input thread bumps: a panic
+  or (in respond mode) a new note from the player since the step was computed
+  turns the step into note-offs, so both take effect within one step.
+
+Modes: ``respond`` listens while the player plays and answers after
+``respond_after`` beats without a note from the player (and without a held
+note), continuing from the primed state; ``accompany`` always plays.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import mido
+import numpy as np
+
+from .clock import Clock, MonotonicClock
+from .encoding import N_MIDI, Frame
+from .errors import ImproviserError
+from .generator import MAX_STABILITY, StreamingGenerator
+from .live import LiveEngine, frame_messages
+from .ports import OutputPort
+from .recorder import PLAYER, Session
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 20_000  # heard notes and CCs waiting for the producer: seconds of a flood
+MODES = ("respond", "accompany")
+
+# Default live controls: controller numbers on any channel. Knobs most keyboards send by default:
+# 74 (brightness / filter cutoff) and 71 (resonance), 76 (vibrato rate) for tempo; 119 is an
+# undefined controller a spare button can be set to (value >= 64 presses it).
+DEFAULT_CC = {"temperature": 74, "stability": 71, "tempo": 76, "panic": 119}
+TEMPERATURE_RANGE = (0.0, 2.0)  # CC 0..127 -> temperature 0..2
+TEMPO_RANGE = (40.0, 240.0)  # CC 0..127 -> bpm 40..240
+STABILITY_MAX = 16  # CC 0..127 -> note stability 1..16 steps
+
+MUSIC = frozenset(("note_on", "note_off", "control_change"))
+CLOCK = frozenset(("clock", "start", "stop", "continue", "songpos"))
+
+
+def parse_cc_map(specs: list[str] | None) -> dict[str, int]:
+    """The control map: DEFAULT_CC with ``NAME=NUMBER`` overrides (e.g. ``temperature=21``)."""
+    cc = dict(DEFAULT_CC)
+    for spec in specs or []:
+        name, sep, number = spec.partition("=")
+        name = name.strip().lower()
+        if not sep or name not in DEFAULT_CC or not number.strip().isdigit():
+            raise ImproviserError(f"--cc {spec!r}: write NAME=NUMBER with NAME one of {', '.join(DEFAULT_CC)} "
+                                  "and NUMBER a controller 0..119, e.g. --cc temperature=74")
+        n = int(number)
+        if not 0 <= n <= 119:  # 120..127 are channel mode messages (all notes off, ...), not controls
+            raise ImproviserError(f"--cc {spec!r}: the controller number must be 0..119")
+        cc[name] = n
+    numbers = list(cc.values())
+    if len(set(numbers)) != len(numbers):
+        raise ImproviserError(f"--cc: two controls share a controller number ({cc}); give each its own")
+    return cc
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ImproviserError(f"unknown --mode {mode!r}; choose respond or accompany")
+    return mode
+
+
+@dataclass
+class InputCounts:
+    """What the input thread saw. ``ignored``: not music (sysex, pitch bend, ...); ``overflow``: dropped, queue full."""
+
+    notes: int = 0
+    controls: int = 0
+    clock: int = 0
+    ignored: int = 0
+    overflow: int = 0
+
+
+class InputListener:
+    """The input side: a callback that timestamps and sorts, and a queue the producer drains.
+
+    on_clock(type, msg, t): where clock messages go (None: they are ignored and counted).
+    panic_cc: the panic controller; a press bumps ``panics`` at once, so the sender can react
+        even before the producer drains the queue.
+    """
+
+    def __init__(self, on_clock: Callable[[str, Any, float], None] | None = None, panic_cc: int | None = None,
+                 maxsize: int = QUEUE_SIZE, now: Callable[[], float] = time.monotonic):
+        self.on_clock = on_clock
+        self.panic_cc = panic_cc
+        self.now = now
+        self.counts = InputCounts()
+        self.panics = 0  # panic presses so far
+        self.note_ons = 0  # note-ons so far
+        self.port: Any = None
+        self._queue: queue.Queue = queue.Queue(maxsize)
+
+    def on_message(self, msg: mido.Message) -> None:
+        """The MIDI thread's callback: only timestamp, sort and enqueue; never blocks."""
+        t = self.now()
+        kind = msg.type
+        if kind in MUSIC:
+            try:
+                self._queue.put_nowait((t, msg))
+            except queue.Full:
+                self.counts.overflow += 1
+                return
+            if kind == "control_change":
+                self.counts.controls += 1
+                if msg.control == self.panic_cc and msg.value >= 64:
+                    self.panics += 1
+            else:
+                self.counts.notes += 1
+                if kind == "note_on" and msg.velocity > 0:
+                    self.note_ons += 1
+        elif kind in CLOCK and self.on_clock is not None:
+            self.counts.clock += 1
+            self.on_clock(kind, msg, t)
+        else:
+            self.counts.ignored += 1
+
+    def drain(self) -> list[tuple[float, mido.Message]]:
+        """Everything queued so far, oldest first (producer thread)."""
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        if self.port is not None:
+            self.port.close()
+            self.port = None
+
+
+class HeardNotes:
+    """Quantises the player's notes to steps: ``feed`` messages as they come, ``frame()`` once per step.
+
+    A note struck during the step is an onset (even if already released); a note still held sounds
+    on in the following steps until its note-off. Channels are kept apart for the bookkeeping.
+    """
+
+    def __init__(self):
+        self.held = np.zeros((16, N_MIDI), bool)
+        self.struck = np.zeros(N_MIDI, bool)
+
+    def feed(self, msg: mido.Message) -> None:
+        if msg.type == "note_on" and msg.velocity > 0:
+            self.struck[msg.note] = True
+            self.held[msg.channel, msg.note] = True
+        elif msg.type in ("note_on", "note_off"):  # note_on with velocity 0 is a note-off
+            self.held[msg.channel, msg.note] = False
+
+    def frame(self) -> Frame:
+        """This step's heard frame; starts the next step."""
+        onset = self.struck
+        self.struck = np.zeros(N_MIDI, bool)
+        return Frame(onset, onset | self.held.any(axis=0))
+
+    def clear(self) -> None:
+        self.held[:] = False
+        self.struck[:] = False
+
+
+@dataclass
+class _Step:
+    """What the producer hands the sender for one step."""
+
+    frame: Frame
+    panics: int  # the listener's counters when the step was computed
+    note_ons: int
+    playing: bool  # False: a listening step (respond mode)
+
+
+class ListeningEngine(LiveEngine):
+    """A LiveEngine that listens to ``listener`` while it plays.
+
+    mode: respond or accompany. respond_after: beats without the player before an answer.
+    cc: the control map (``parse_cc_map``). primed: the generator has listened to a primer already,
+        so respond mode may answer before the player has played.
+    follower: a ``sync.ClockFollower`` fed by the listener: steps follow the DAW's MIDI clock.
+        With the internal clock (None) the producer waits to hear as late as it can.
+    """
+
+    def __init__(self, generator: StreamingGenerator, bpm: float, port: OutputPort | None,
+                 listener: InputListener, mode: str = "respond", respond_after: float = 2.0,
+                 cc: dict[str, int] | None = None, primed: bool = False, clock: Clock | None = None,
+                 follower: Any = None, **kwargs):
+        super().__init__(generator, bpm, port, clock=clock, **kwargs)
+        self.listener = listener
+        self.mode = check_mode(mode)
+        self.respond_steps = max(1, round(respond_after * generator.cfg.steps_per_beat))
+        self.cc = dict(cc or DEFAULT_CC)
+        self.heard = HeardNotes()
+        self.heard_anything = primed
+        self.last_heard_step = -10**9  # the last producer step in which the player was heard
+        self._echo: np.ndarray | None = None  # the player's last sounding notes, while waiting to answer
+        self.reactions: collections.deque = collections.deque(maxlen=100_000)  # (arrival, step fed into)
+        self.controls_applied: list[tuple[int, str, float]] = []  # (step, control, value)
+        self._to_record: collections.deque = collections.deque()  # player's notes, for the sender
+        # On the real clock the producer hears as late as it can; on a virtual clock (tests) it must not
+        # sleep, since that would move the sender's time too.
+        self.just_in_time = follower is None and isinstance(self.clock, MonotonicClock)
+        self.follower = follower
+        if follower is not None:
+            from .sync import SyncedConductor
+
+            self.conductor = SyncedConductor(self.step_seconds, self._produce, self._prepare, self._perform,
+                                             clock=self.clock, on_late=self._late)
+            self.conductor.follower, self.conductor.on_pause = follower, self.pause
+
+    def run(self, seconds: float | None = None):
+        """As ``LiveEngine.run``; following a MIDI clock, ``seconds`` is wall time, however many steps it holds."""
+        if self.follower is None or seconds is None:
+            return super().run(seconds)
+        time_up = threading.Event()
+        timer = threading.Timer(seconds, lambda: (time_up.set(), self.conductor.stop()))
+        timer.daemon = True
+        timer.start()
+        try:
+            result = super().run(None)
+        finally:
+            timer.cancel()
+        result.interrupted = not time_up.is_set()
+        return result
+
+    # ---- producer thread -----------------------------------------------------------------------
+
+    def _produce(self, k: int) -> _Step:
+        if self.just_in_time:
+            self._wait_to_listen(k)
+        panics, note_ons = self.listener.panics, self.listener.note_ons  # before draining: nothing missed
+        for t, msg in self.listener.drain():
+            if msg.type == "control_change":
+                self._control(k, msg)
+            else:
+                self.heard.feed(msg)
+                self._to_record.append((t, msg))
+                if msg.type == "note_on" and msg.velocity > 0:
+                    self.reactions.append((t, k))
+        heard = self.heard.frame()
+        if heard.sound.any():
+            self.last_heard_step = k
+            self.heard_anything = True
+            self._echo = heard.sound
+        playing = self.mode == "accompany" or (
+            self.heard_anything and k - self.last_heard_step > self.respond_steps)
+        if not playing and not heard.sound.any() and self._echo is not None:
+            # Waiting to answer: the player's last notes ring on in the model's ears (a sustain pedal).
+            # Steps of pure silence are all but absent from Bach, and a few of them make the model
+            # forget the key it just heard; held notes keep it (measured: answers fit the key far better).
+            heard = Frame(np.zeros(N_MIDI, bool), self._echo)
+        if playing:
+            self._echo = None
+        frame = self.generator.step(heard=heard, play=playing)
+        return _Step(frame, panics, note_ons, playing)
+
+    def _wait_to_listen(self, k: int) -> None:
+        """Sleep until half a step before step k's deadline: what is heard by then belongs to step k - 1."""
+        c = self.conductor
+        while not c.stopped:
+            left = c.deadline(k) - self.step_seconds / 2 - self.clock.now()
+            if left <= 0:
+                return
+            self.clock.sleep(min(left, 0.05))
+
+    def _control(self, k: int, msg: mido.Message) -> None:
+        """Apply one control change (producer thread: the generator is only touched here)."""
+        x = msg.value / 127.0
+        if msg.control == self.cc["temperature"]:
+            lo, hi = TEMPERATURE_RANGE
+            value = lo + x * (hi - lo)
+            self.generator.set_controls(temperature=value)
+        elif msg.control == self.cc["stability"]:
+            value = 1 + round(x * (min(STABILITY_MAX, MAX_STABILITY) - 1))
+            self.generator.set_controls(note_stability=value)
+        elif msg.control == self.cc["tempo"]:
+            lo, hi = TEMPO_RANGE
+            value = lo + x * (hi - lo)
+            self.set_bpm(value)
+        elif msg.control == self.cc["panic"] and msg.value >= 64:
+            value = 1.0
+            self.generator.reset()  # forget the phrase and everything played: start afresh
+            self.heard.clear()
+            self.heard_anything = False
+            self.last_heard_step = -10**9
+            self._echo = None
+        else:
+            return
+        name = next(n for n, c in self.cc.items() if c == msg.control)
+        self.controls_applied.append((k, name, value))
+
+    # ---- sender thread -------------------------------------------------------------------------
+
+    def _prepare(self, k: int, item: _Step) -> tuple:
+        msgs, sound = super()._prepare(k, item.frame)
+        return msgs, sound, item
+
+    def _perform(self, k: int, payload: tuple, t: float) -> None:
+        msgs, sound, item = payload
+        listener = self.listener
+        # A panic, or (respond mode) the player starting again, since this step was computed: silence now.
+        if listener.panics > item.panics or (self.mode == "respond" and listener.note_ons > item.note_ons):
+            msgs, sound = frame_messages(self._sounding, Frame.silent(), self.channel), np.zeros(N_MIDI, bool)
+        cut = self.conductor.deadline(k) if self.steps_per_session and k > 0 and k % self.steps_per_session == 0 \
+            else None
+        later = self._record_player(before=cut)
+        super()._perform(k, (msgs, sound), t)
+        for when, msg in later:  # heard after the cut: they belong to the new session
+            self.recorder.record(msg, when, PLAYER)
+
+    def _record_player(self, before: float | None = None) -> list:
+        """Record the player's notes drained so far; returns those at or after ``before`` unrecorded."""
+        later = []
+        while self._to_record:
+            when, msg = self._to_record.popleft()
+            if before is not None and when >= before:
+                later.append((when, msg))
+            else:
+                self.recorder.record(msg, when, PLAYER)
+        return later
+
+    def _silence(self) -> Session | None:
+        if self.recorder is not None:
+            # The producer has stopped: what it drained and what is still queued are the player's last notes.
+            for t, msg in self.listener.drain():
+                if msg.type != "control_change":
+                    self._to_record.append((t, msg))
+            self._record_player()
+        return super()._silence()
+
+    def pause(self) -> None:
+        """Silence the improviser's notes now (sender thread; e.g. the DAW stopped)."""
+        if self.recorder is None:
+            return
+        t = self.clock.now()
+        offs = self.port.silence() if self.port is not None else \
+            frame_messages(self._sounding, Frame.silent(), self.channel)
+        self._sounding = np.zeros(N_MIDI, bool)
+        for msg in offs:
+            self.recorder.record(msg, t)
+        self._record_player()
+
+
+def listening_summary(listener: InputListener) -> str:
+    c = listener.counts
+    return (f"heard {c.notes} note messages, {c.controls} control changes, {c.clock} clock messages; "
+            f"ignored {c.ignored} other messages; {c.overflow} dropped (input queue full)")
+
+
+def start_listening(listener: InputListener, api: str | None, name: str) -> str:
+    """Open the input port (``virtual`` or a name to match) with the listener's callback; returns its name."""
+    from .ports import open_input
+
+    listener.port = open_input(listener.on_message, api, name)
+    return listener.port.name

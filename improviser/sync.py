@@ -1,0 +1,203 @@
+"""Following a DAW's MIDI clock: 24 ticks per quarter note, start / stop / continue / song position.
+
+``ClockFollower`` is fed by the input thread (``handle(kind, msg, t)``, t on the
+monotonic clock). Steps are placed by *counting* ticks: a 16th note is 6 ticks,
+so step boundaries are the song positions 0, 6, 12, ... after Start (the first
+tick after Start is position 0). Time only serves to send a step *on* its tick
+rather than after it arrives: the tick period is the median of the recent
+intervals, and the grid's phase the median of (arrival - period * index) over
+the same ticks, both robust to a jittery tick. A lost tick shows as a gap of
+about two periods and is counted as two, so the grid does not slip.
+
+``SyncedConductor`` is a ``Conductor`` whose sender waits for the DAW instead of
+its own deadlines: nothing before Start; each step is sent at its tick's
+predicted time or when the tick arrives, whichever is first; on Stop the
+engine's ``pause`` silences every note and the sender waits for Start or
+Continue. The producer still runs ahead (the model is ready before the tick).
+"""
+
+from __future__ import annotations
+
+import collections
+import statistics
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .clock import _STOP, Conductor
+
+TICKS_PER_BEAT = 24
+TICKS_PER_STEP = 6  # a 16th note
+WINDOW = 12  # ticks (half a beat) for the period and phase: a tempo change is followed within a beat
+LOST_TICK = 1.75  # an interval this many periods long means ticks were lost on the way
+
+
+class ClockFollower:
+    """Counts MIDI clock ticks into song positions and predicts when a tick will arrive."""
+
+    def __init__(self, window: int = WINDOW):
+        self.running = False
+        self.count = 0  # ticks received (plus lost ones), whether running or not
+        self.offset = 0  # song position of tick number c is c - offset
+        self.position = 0  # song position of the next tick
+        self.ticks: collections.deque = collections.deque(maxlen=window + 1)  # (tick number, arrival time)
+        self.epoch = 0  # bumped by each start / stop / continue, so a waiting sender notices
+        self.changed = threading.Condition()
+        self.lost = 0  # ticks inferred from gaps
+
+    def handle(self, kind: str, msg: Any, t: float) -> None:
+        """Input thread: one clock/start/stop/continue/songpos message, arrived at ``t``."""
+        with self.changed:
+            if kind == "clock":
+                self._tick(t)
+            elif kind == "start":
+                self._forget_stale(t)
+                self.position, self.running = 0, True
+                self.offset = self.count  # the next tick is position 0
+                self.epoch += 1
+            elif kind == "continue":
+                self._forget_stale(t)
+                self.running = True
+                self.offset = self.count - self.position
+                self.epoch += 1
+            elif kind == "stop":
+                self.running = False
+                self.epoch += 1
+            elif kind == "songpos" and not self.running:
+                self.position = msg.pos * TICKS_PER_STEP  # song position is counted in 16ths
+            self.changed.notify_all()
+
+    def _forget_stale(self, t: float) -> None:
+        """Ticks from before a pause in the clock say nothing about the phase after it."""
+        p = self.period()
+        if self.ticks and (p is None or t - self.ticks[-1][1] > 4 * p):
+            self.ticks.clear()
+
+    def _tick(self, t: float) -> None:
+        self._forget_stale(t)  # the DAW stopped sending clock for a while: start the estimate afresh
+        n = 1
+        if self.ticks:
+            period = self.period()
+            gap = t - self.ticks[-1][1]
+            if period and gap > LOST_TICK * period:
+                n = min(round(gap / period), TICKS_PER_BEAT)  # lost ticks: count them, keep the grid
+                self.lost += n - 1
+        self.count += n - 1
+        self.ticks.append((self.count, t))
+        self.count += 1
+        if self.running:
+            self.position = self.count - self.offset
+
+    def period(self) -> float | None:
+        """Seconds per tick: the median of recent intervals (None before two ticks)."""
+        if len(self.ticks) < 2:
+            return None
+        pts = list(self.ticks)
+        return statistics.median((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(pts, pts[1:]))
+
+    def bpm(self) -> float | None:
+        p = self.period()
+        return None if not p else 60.0 / (p * TICKS_PER_BEAT)
+
+    def arrived(self, position: int) -> bool:
+        """Has the tick at song ``position`` arrived (in the current run)?"""
+        return self.running and self.position > position
+
+    def time_of(self, position: int) -> float | None:
+        """Predicted arrival of the tick at song ``position`` (None: not enough ticks yet)."""
+        p = self.period()
+        n = position + self.offset  # its tick number
+        if p is None or n > self.ticks[-1][0] + TICKS_PER_STEP + 2:
+            return None  # too far beyond the last tick heard: wait for ticks rather than guess
+        phase = statistics.median(t - p * c for c, t in self.ticks)
+        return phase + p * n
+
+
+class SyncedConductor(Conductor):
+    """A conductor whose steps are the 16ths of an incoming MIDI clock (see the module docstring).
+
+    follower: the ClockFollower fed by the input. on_pause(): silences the engine (sender thread).
+    """
+
+    follower: ClockFollower
+    on_pause: Callable[[], None]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent_at: dict[int, float] = {}  # step -> the time it was sent (recent steps)
+        self.steps_ticks: list[tuple[int, int, float]] = []  # (step, song position, sent) of recent steps
+
+    def deadline(self, k: int) -> float:
+        return self.sent_at.get(k, self.clock.now())
+
+    def _send_loop(self, end: int | None) -> None:
+        f = self.follower
+        target = 0  # song position of the next step
+        epoch = None  # the follower's epoch the sender is playing in
+        while not self._stop.is_set() and (end is None or self.next_step < end):
+            if not f.running or f.epoch != epoch:
+                self.on_pause()  # stopped (or restarted): every note off; outside the lock, it sleeps
+                with f.changed:
+                    while not f.running and not self._stop.is_set():
+                        f.changed.wait(0.05)
+                    epoch = f.epoch
+                    target = _next_boundary(f.position)
+                continue
+            k = self.next_step
+            if f.position > target + TICKS_PER_STEP // 2:  # more than half a step behind the DAW: skip
+                self._skip(k)
+                target = _next_boundary(f.position)
+                continue
+            due = f.time_of(target)
+            item = self._take(k, (due if due is not None else self.clock.now() + 1.0) - self.spin)
+            if item is _STOP:
+                break
+            if item is None:
+                self._skip(k)
+                target += TICKS_PER_STEP
+                continue
+            payload = self.prepare(k, item)
+            if not self._wait_for_tick(target, epoch):
+                self.next_step = k + 1  # stopped meanwhile: this step is dropped
+                continue
+            t = self.clock.now()
+            self.sent_at[k] = t
+            self.sent_at.pop(k - 8, None)
+            self.perform(k, payload, t)
+            self.steps_ticks.append((k, target, t))
+            del self.steps_ticks[:-10_000]
+            self.stats.played += 1
+            self.stats.steps += 1
+            self.next_step = k + 1
+            target += TICKS_PER_STEP
+
+    def _skip(self, k: int) -> None:
+        self.stats.late_steps += 1
+        self.stats.late_indices.append(k)
+        self.on_late(k)
+        self.stats.steps += 1
+        self.next_step = k + 1
+
+    def _wait_for_tick(self, position: int, epoch: int) -> bool:
+        """Until the tick at ``position`` arrives or is due, whichever is first. False if stopped meanwhile."""
+        f, clock = self.follower, self.clock
+        while True:
+            with f.changed:
+                if self._stop.is_set() or f.epoch != epoch or not f.running:
+                    return False
+                if f.arrived(position):
+                    return True
+                due = f.time_of(position)
+                left = None if due is None else due - clock.now()
+                if left is None or left > self.spin:
+                    # Woken by every tick; the timeout ends the sleep ~spin before the predicted time.
+                    f.changed.wait(0.05 if left is None else min(left - self.spin, 0.05))
+                    continue
+            while clock.now() < due:  # the last ~millisecond: spin
+                pass
+            return True
+
+
+def _next_boundary(position: int) -> int:
+    """The first 16th-note boundary (a multiple of 6 ticks) at or after ``position``."""
+    return -(-position // TICKS_PER_STEP) * TICKS_PER_STEP

@@ -1,0 +1,413 @@
+"""Listening, end to end on a real JACK server: a player port in this process plays into the improviser's
+``--input``, a monitor port timestamps what it plays. The improviser runs as ``python -m improviser record``.
+
+Covered: call and response in the player's key (C major and F# major), silence while the player plays,
+the player's notes in the session file, live CCs (panic, tempo) within one step, following a MIDI clock
+at 100 then 140 bpm with start/stop, and a flood of junk that neither disturbs the timing nor loses notes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import mido
+import numpy as np
+import pytest
+from test_live_jack import assert_same_notes, file_notes, improviser, monitor_notes
+
+from improviser.analysis import key_correlation
+from improviser.encoding import Grid
+
+pytestmark = pytest.mark.jack
+
+BPM = 150.0
+BEAT = 60.0 / BPM
+STEP = BEAT / 4
+MAJOR_PHRASE = [0, 2, 4, 5, 7, 9, 11, 12, 7, 4, 0, 4, 7, 12, 7, 0]  # scale up, arpeggio: 16 eighth notes
+
+
+class Player:
+    """A JACK MIDI output in this process: the keyboard (or DAW) the improviser listens to."""
+
+    def __init__(self):
+        self.client = f"keys{uuid.uuid4().hex[:6]}"
+        backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
+        self._port = backend.open_output("out", client_name=self.client)
+        self.sent: list[tuple[float, mido.Message]] = []
+
+    def send(self, msg: mido.Message) -> float:
+        t = time.monotonic()
+        self._port.send(msg)
+        self.sent.append((t, msg))
+        return t
+
+    def close(self) -> None:
+        self._port.close()
+
+
+@pytest.fixture
+def player(jack_server):
+    p = Player()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+class Run:
+    """An improviser subprocess whose stderr is read as it comes, so a test can wait for a line."""
+
+    def __init__(self, *args: str):
+        self.proc = improviser(*args)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.proc.kill()
+                pytest.fail(f"no {text!r} from the improviser: {''.join(self.lines)[-2000:]}")
+            time.sleep(0.02)
+
+    def finish(self, timeout: float = 60) -> str:
+        try:
+            self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._reader.join(5)
+        err = "".join(self.lines)
+        assert self.proc.returncode == 0, err
+        return err
+
+
+def sleep_until(t: float) -> None:
+    while (left := t - time.monotonic()) > 0:
+        time.sleep(min(left, 0.002) if left > 0.003 else 0)
+
+
+def play_phrase(player: Player, tonic: int, start: float) -> float:
+    """The major phrase on ``tonic`` in eighth notes from ``start``; returns the time of its last note-off."""
+    t = start
+    for degree in MAJOR_PHRASE:
+        note = 60 + tonic + degree
+        sleep_until(t)
+        player.send(mido.Message("note_on", note=note, velocity=90))
+        sleep_until(t + BEAT / 2 * 0.9)
+        last = player.send(mido.Message("note_off", note=note))
+        t += BEAT / 2
+    return last
+
+
+def pitch_grid(notes: list[tuple[int, float, float]]) -> Grid:
+    """The notes (pitch, on, off) on a grid of 16ths at BPM, for the key measures."""
+    t0 = min(n[1] for n in notes)
+    n_steps = int((max(n[2] for n in notes) - t0) / STEP) + 2
+    sound = np.zeros((n_steps, 128), bool)
+    onset = np.zeros((n_steps, 128), bool)
+    for p, on, off in notes:
+        a, b = round((on - t0) / STEP), max(round((off - t0) / STEP), round((on - t0) / STEP) + 1)
+        sound[a:b, p] = True
+        onset[a, p] = True
+    return Grid(onset, sound, 4, 4)
+
+
+ROUNDS = 3
+
+
+def call_and_response(player: Player, monitor, out, tonic: int, seed: int, results: dict) -> None:
+    """Three rounds of phrase + pause on ``tonic``; stores what the improviser played between them."""
+    run = Run("record", str(out), "--seconds", "30", "--bpm", str(BPM), "--seed", str(seed), "--api", "jack",
+              "--output", monitor.client, "--input", player.client, "--mode", "respond", "--respond-after", "2",
+              "--temperature", "0.8")
+    run.wait_for("playing into")
+    time.sleep(0.5)
+    windows = []
+    t = time.monotonic() + 0.1
+    for _ in range(ROUNDS):
+        first = t
+        last_off = play_phrase(player, tonic, t)
+        t = last_off + 2 * BEAT + 8 * BEAT  # the pause: 2 beats of silence, then 2 bars of answer
+        windows.append((first, last_off, t))
+        sleep_until(t)
+    run.proc.send_signal(2)
+    err = run.finish()
+    time.sleep(0.05)
+    results[tonic] = (windows, monitor_notes(monitor), file_notes(out, "player"), err)
+
+
+def test_answers_in_the_players_key_and_is_silent_while_the_player_plays(jack_server, tmp_path):
+    from conftest import Monitor
+
+    results: dict = {}
+    ports = [(Player(), Monitor()) for _ in range(2)]
+    try:
+        # Both keys at once, in two improviser processes: half the wall time.
+        threads = [threading.Thread(target=call_and_response,
+                                    args=(p, m, tmp_path / f"{tonic}.mid", tonic, seed, results))
+                   for (p, m), tonic, seed in zip(ports, (0, 6), (1, 2))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+    finally:
+        for p, m in ports:
+            p.close()
+            m.close()
+    assert set(results) == {0, 6}, "a call-and-response run failed"
+    fits: dict[int, tuple[float, float]] = {}
+    for (p, _), tonic in zip(ports, (0, 6)):
+        windows, heard, (player_notes, _, _), err = results[tonic]
+        other = (tonic + 6) % 12
+        answers = []
+        for first, last_off, end in windows:
+            # Silent while the player plays: no note starts from one step after the phrase's first note.
+            during = [n for n in heard if first + STEP + 0.02 < n[1] < last_off]
+            assert not during, f"played {len(during)} notes while the player played: {during[:5]}"
+            answer = [n for n in heard if last_off < n[1] < end]
+            assert answer, f"no answer after the phrase ending at {last_off:.2f}: {err}"
+            # It waits for 2 beats of silence (less a step of quantisation) before answering.
+            assert answer[0][1] > last_off + 2 * BEAT - 2 * STEP, "answered before the pause"
+            answers += answer
+        grid = pitch_grid(answers)
+        r_own, r_other = key_correlation(grid, tonic, "major"), key_correlation(grid, other, "major")
+        fits[tonic] = (r_own, r_other)
+        # The player's notes are in the session file, with their timing.
+        sent_on = [t for t, m in p.sent if m.type == "note_on"]
+        assert len(player_notes) == len(sent_on) == ROUNDS * len(MAJOR_PHRASE)
+        starts = np.array([n[1] for n in player_notes])
+        offset = np.median(np.array(sent_on) - starts)
+        # Arrival times, not step times: typically within a file tick (~2 ms) of the send; JACK threads
+        # are not real-time here, so one can be late under load.
+        lag = np.abs(np.array(sent_on) - starts - offset)
+        assert np.median(lag) < 0.003 and lag.max() < 0.06, f"player notes off by {lag.max() * 1e3:.1f} ms"
+        assert len({round(x / STEP) for x in starts}) > 0.9 * len(starts)  # not quantised to steps
+    # The answers fit the player's key better than the key a tritone away (whose profile is the most
+    # different), for both keys, and clearly so on average. A sampled model strays now and then, so the
+    # margin is on the average of the two runs (three answers each).
+    margins = {tonic: own - other for tonic, (own, other) in fits.items()}
+    assert min(margins.values()) > 0 and sum(margins.values()) / 2 > 0.5, (
+        "answers do not follow the player's key: (r with the player's key, r with the key a tritone away) = "
+        + ", ".join(f"{t} major: {own:.2f}, {other:.2f}" for t, (own, other) in fits.items()))
+
+
+def sounding_at(monitor, t: float) -> list[int]:
+    """Pitches the monitor had sounding at time ``t``."""
+    on: dict[int, bool] = {}
+    for when, m in monitor.messages("note_on", "note_off"):
+        if when > t:
+            break
+        on[m.note] = m.type == "note_on" and m.velocity > 0
+    return [p for p, v in on.items() if v]
+
+
+def test_a_panic_or_a_tempo_knob_takes_effect_within_one_step(player, monitor, tmp_path):
+    run = Run("record", str(tmp_path / "cc.mid"), "--seconds", "30", "--bpm", "120", "--seed", "3",
+              "--api", "jack", "--output", monitor.client, "--input", player.client,
+              "--mode", "accompany", "--cc", "tempo=21")
+    step = 60 / 120 / 4
+    try:
+        run.wait_for("playing into")
+        deadline = time.monotonic() + 10
+        while not sounding_at(monitor, time.monotonic()):  # panic while notes sound
+            assert time.monotonic() < deadline, "nothing sounding"
+            time.sleep(0.01)
+        tp = player.send(mido.Message("control_change", control=119, value=127))
+        held = sounding_at(monitor, tp)
+        time.sleep(1.0)
+        # Tempo knob (moved to CC 21 by --cc) to the middle: 40 + 64/127 * 200 = 140.8 bpm.
+        tt = player.send(mido.Message("control_change", control=21, value=64))
+        time.sleep(2.5)
+    finally:
+        run.proc.send_signal(2)
+    err = run.finish()
+    time.sleep(0.05)
+    monitor_notes(monitor)  # nothing left hanging
+    offs: dict[int, float] = {}  # pitch -> its first note-off after the panic
+    for t, m in monitor.messages("note_on", "note_off"):
+        if t > tp and (m.type == "note_off" or m.velocity == 0):
+            offs.setdefault(m.note, t)
+    for p in held:
+        assert p in offs and offs[p] - tp < step + 0.015, f"pitch {p} still sounding {offs.get(p, 99) - tp:.3f} s " \
+                                                         "after the panic"
+    # After the tempo change (and one step of the old tempo), onsets fall on the new grid, not the old one.
+    new_step = 60 / (40 + 64 / 127 * 200) / 4
+    times = sorted(t for t, m in monitor.messages("note_on") if m.velocity and t > tt + step + new_step)
+    onsets = np.array([t for i, t in enumerate(times) if i == 0 or t - times[i - 1] > 0.01])  # one per chord
+    assert len(onsets) >= 5, err
+    gaps = np.diff(onsets) / new_step
+    assert np.abs(gaps - np.round(gaps)).max() < 0.15, f"onset gaps in new steps: {np.round(gaps, 2)}"
+    old = np.diff(onsets) / step
+    assert np.abs(old - np.round(old)).max() > 0.25, f"onsets still on the old grid: {np.round(old, 2)}"
+
+
+def send_clock(player: Player, plan: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """Send MIDI clock by a plan of (what, seconds): ('tick@BPM', seconds of ticks), 'start', 'stop'.
+
+    Ticks are sent on their exact times (sleep, then spin); returns (kind, time sent) of every message.
+    """
+    sent = []
+    t = time.monotonic() + 0.05
+    for what, seconds in plan:
+        if what in ("start", "stop"):
+            sleep_until(t)
+            sent.append((what, player.send(mido.Message(what))))
+            continue
+        period = 60 / float(what.split("@")[1]) / 24
+        for i in range(round(seconds / period)):
+            due = t + i * period
+            while (left := due - time.monotonic()) > 0.0015:
+                time.sleep(left - 0.0015)
+            while time.monotonic() < due:
+                pass
+            sent.append(("clock", player.send(mido.Message("clock"))))
+        t += round(seconds / period) * period
+    return sent
+
+
+def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player, monitor, tmp_path):
+    run = Run("record", str(tmp_path / "sync.mid"), "--seconds", "40", "--seed", "4", "--api", "jack",
+              "--output", monitor.client, "--input", player.client, "--mode", "accompany", "--sync", "clock")
+    try:
+        run.wait_for("playing into")
+        time.sleep(0.3)
+        sent = send_clock(player, [("tick@100", 1.0), ("start", 0), ("tick@100", 4.0), ("tick@140", 4.0),
+                                   ("stop", 0), ("tick@140", 1.0)])
+        time.sleep(0.2)
+    finally:
+        run.proc.send_signal(2)
+    err = run.finish()
+    time.sleep(0.05)
+    monitor_notes(monitor)  # nothing left hanging
+    start = next(t for kind, t in sent if kind == "start")
+    stop = next(t for kind, t in sent if kind == "stop")
+    ticks = [t for kind, t in sent if kind == "clock" and start < t < stop]  # song position 0, 1, 2, ...
+    change = ticks[round(4.0 / (60 / 100 / 24))]  # the first tick at 140 bpm
+    grid = np.array(ticks[::6])  # the DAW's 16th notes
+    ons = [t for t, m in monitor.messages("note_on") if m.velocity > 0]
+    assert ons and min(ons) > start, "a note before Start"
+    assert max(ons) < stop, "a note after Stop"
+    for t, m in monitor.messages("note_on", "note_off"):
+        if t > stop + 0.03:
+            pytest.fail(f"{m} {t - stop:.3f} s after Stop")
+    err_ms = []
+    for t in ons:
+        i = int(np.argmin(np.abs(np.array(ticks) - t)))
+        assert i % 6 == 0, f"a note {t - start:.3f} s after Start is nearest tick {i}, not a 16th"
+        if not change < t < change + 60 / 140:  # the tempo is followed within a beat
+            err_ms.append(abs(t - ticks[i]) * 1e3)
+    err_ms = np.array(err_ms)
+    slow = [t for t in ons if t < change]
+    fast = [t for t in ons if t > change + 60 / 140]
+    assert len(slow) >= 8 and len(fast) >= 8, err
+    assert np.percentile(err_ms, 90) < 3.0 and err_ms.max() < 12, (
+        f"notes off the clock's 16ths: p90 {np.percentile(err_ms, 90):.2f} ms, max {err_ms.max():.2f} ms")
+    assert len(grid) > 0
+
+
+def flood(client: str, seconds: float, seed: int = 0) -> None:
+    """Run in a process of its own: open a JACK output ``client:out``, say "ready", wait for a line on stdin,
+    then send about 2,000 random messages a second for ``seconds``; print how many note-ons it sent."""
+    import json
+    import sys
+
+    backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
+    port = backend.open_output("out", client_name=client)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    rng = random.Random(seed)
+    held: set[tuple[int, int]] = set()
+    n = note_ons = 0
+    t_end = time.monotonic() + seconds
+    while time.monotonic() < t_end:
+        kind = rng.random()
+        if kind < 0.4:  # notes on every channel
+            ch, note = rng.randrange(16), rng.randrange(128)
+            if (ch, note) in held:
+                held.discard((ch, note))
+                port.send(mido.Message("note_off", channel=ch, note=note))
+            else:
+                held.add((ch, note))
+                port.send(mido.Message("note_on", channel=ch, note=note, velocity=rng.randrange(1, 128)))
+                note_ons += 1
+        elif kind < 0.6:  # controllers, but none of the live controls (they would change the music)
+            port.send(mido.Message("control_change", channel=rng.randrange(16),
+                                   control=rng.choice([1, 7, 10, 11, 64, 91, 93]), value=rng.randrange(128)))
+        elif kind < 0.75:
+            port.send(mido.Message("pitchwheel", channel=rng.randrange(16), pitch=rng.randrange(-8192, 8192)))
+        elif kind < 0.85:
+            port.send(mido.Message("sysex", data=[rng.randrange(128) for _ in range(rng.randrange(1, 40))]))
+        else:
+            port.send(mido.Message(rng.choice(["clock", "aftertouch", "active_sensing"])))
+        n += 1
+        if n % 4 == 0:
+            time.sleep(0.002)
+    for ch, note in held:
+        port.send(mido.Message("note_off", channel=ch, note=note))
+    time.sleep(0.05)
+    port.close()
+    print(json.dumps({"messages": n, "note_ons": note_ons}), flush=True)
+
+
+def start_flood(seconds: float) -> tuple[subprocess.Popen, str]:
+    """A flood process whose port is open (it floods once told to); returns it and its client name."""
+    client = f"flood{uuid.uuid4().hex[:6]}"
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_listen_jack import flood; flood({client!r}, {seconds})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, client
+
+
+def grid_residuals(times: np.ndarray, step: float) -> np.ndarray:
+    """How far each time is from a grid of ``step`` (its phase: the median), in seconds."""
+    phase = (times - times[0]) / step
+    resid = (phase - np.round(phase)) * step
+    return resid - np.median(resid)
+
+
+def test_a_flood_of_junk_neither_disturbs_the_timing_nor_loses_a_note(monitor, tmp_path):
+    out = tmp_path / "flood.mid"
+    flooder, client = start_flood(4.0)
+    try:
+        run = Run("record", str(out), "--seconds", "7", "--bpm", "150", "--seed", "6", "--api", "jack",
+                  "--output", monitor.client, "--input", client, "--mode", "accompany")
+        run.wait_for("playing into")
+        time.sleep(0.5)
+        flooder.stdin.write("go\n")
+        flooder.stdin.flush()
+        sent = json.loads(flooder.stdout.readline())
+        err = run.finish()
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+    time.sleep(0.05)
+    assert sent["messages"] > 4000
+    heard = monitor_notes(monitor)  # nothing left hanging at the monitor
+    saved, _, _ = file_notes(out)
+    assert_same_notes(heard, saved)  # what was played is what was saved, on time
+    # Time kept: every onset sent on the 100 ms grid of 150 bpm.
+    resid = grid_residuals(np.array(sorted({n[1] for n in saved})), STEP)
+    assert np.percentile(np.abs(resid), 99) < 0.003 and np.abs(resid).max() < 0.02, (
+        f"onsets off the grid under the flood: p99 {np.percentile(np.abs(resid), 99) * 1e3:.2f} ms, "
+        f"max {np.abs(resid).max() * 1e3:.2f} ms")
+    late = int(re.search(r"(\d+) late", err).group(1))
+    assert late <= 2, err
+    # No note lost: every note-on the flood sent is a note on the file's player track.
+    player_notes, _, _ = file_notes(out, "player")
+    assert len(player_notes) == sent["note_ons"], err
+    assert " 0 dropped" in err and "ignored 0 " not in err, err
