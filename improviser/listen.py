@@ -125,6 +125,8 @@ class InputListener:
         t = self.now()
         kind = msg.type
         if kind in MUSIC:
+            if kind == "control_change" and msg.control == self.panic_cc and msg.value >= 64:
+                self.panics += 1  # first: a panic works even when the queue is full
             try:
                 self._queue.put_nowait((t, msg))
             except queue.Full:
@@ -132,8 +134,6 @@ class InputListener:
                 return
             if kind == "control_change":
                 self.counts.controls += 1
-                if msg.control == self.panic_cc and msg.value >= 64:
-                    self.panics += 1
             else:
                 self.counts.notes += 1
                 if kind == "note_on" and msg.velocity > 0:

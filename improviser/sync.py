@@ -70,7 +70,8 @@ class ClockFollower:
     def _forget_stale(self, t: float) -> None:
         """Ticks from before a pause in the clock say nothing about the phase after it."""
         p = self.period()
-        if self.ticks and (p is None or t - self.ticks[-1][1] > 4 * p):
+        # With one tick only, no period yet: a gap longer than a tick at 20 bpm (0.125 s) is a pause.
+        if self.ticks and t - self.ticks[-1][1] > (4 * p if p else 0.5):
             self.ticks.clear()
 
     def _tick(self, t: float) -> None:
