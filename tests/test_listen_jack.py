@@ -147,19 +147,20 @@ def call_and_response(player: Player, monitor, out, tonic: int, seed: int, resul
     run.proc.send_signal(2)
     err = run.finish()
     time.sleep(0.05)
-    results[tonic] = (windows, monitor_notes(monitor), file_notes(out, "player"), err)
+    results[tonic, seed] = (windows, monitor_notes(monitor), file_notes(out, "player"), err)
 
 
 def test_answers_in_the_players_key_and_is_silent_while_the_player_plays(jack_server, tmp_path):
     from conftest import Monitor
 
     results: dict = {}
-    ports = [(Player(), Monitor()) for _ in range(2)]
+    runs = [(0, 1), (0, 2), (6, 1), (6, 2)]  # (tonic, seed)
+    ports = [(Player(), Monitor()) for _ in runs]
     try:
-        # Both keys at once, in two improviser processes: half the wall time.
+        # All four at once, in four improviser processes: a quarter of the wall time.
         threads = [threading.Thread(target=call_and_response,
-                                    args=(p, m, tmp_path / f"{tonic}.mid", tonic, seed, results))
-                   for (p, m), tonic, seed in zip(ports, (0, 6), (1, 2))]
+                                    args=(p, m, tmp_path / f"{tonic}-{seed}.mid", tonic, seed, results))
+                   for (p, m), (tonic, seed) in zip(ports, runs)]
         for th in threads:
             th.start()
         for th in threads:
@@ -168,24 +169,22 @@ def test_answers_in_the_players_key_and_is_silent_while_the_player_plays(jack_se
         for p, m in ports:
             p.close()
             m.close()
-    assert set(results) == {0, 6}, "a call-and-response run failed"
-    fits: dict[int, tuple[float, float]] = {}
-    for (p, _), tonic in zip(ports, (0, 6)):
-        windows, heard, (player_notes, _, _), err = results[tonic]
-        other = (tonic + 6) % 12
-        answers = []
+    assert set(results) == set(runs), "a call-and-response run failed"
+    answers: dict[int, list] = {0: [], 6: []}
+    for (p, _), (tonic, seed) in zip(ports, runs):
+        windows, heard, (player_notes, _, _), err = results[tonic, seed]
+        answered = 0
         for first, last_off, end in windows:
             # Silent while the player plays: no note starts from one step after the phrase's first note.
             during = [n for n in heard if first + STEP + 0.02 < n[1] < last_off]
             assert not during, f"played {len(during)} notes while the player played: {during[:5]}"
             answer = [n for n in heard if last_off < n[1] < end]
-            assert answer, f"no answer after the phrase ending at {last_off:.2f}: {err}"
             # It waits for 2 beats of silence (less a step of quantisation) before answering.
-            assert answer[0][1] > last_off + 2 * BEAT - 2 * STEP, "answered before the pause"
-            answers += answer
-        grid = pitch_grid(answers)
-        r_own, r_other = key_correlation(grid, tonic, "major"), key_correlation(grid, other, "major")
-        fits[tonic] = (r_own, r_other)
+            assert not answer or answer[0][1] > last_off + 2 * BEAT - 2 * STEP, "answered before the pause"
+            answers[tonic] += answer
+            answered += bool(answer)
+        # The model may rest through a whole answer now and then (the music is sampled), but not often.
+        assert answered >= ROUNDS - 1, f"answered {answered} of {ROUNDS} phrases: {err}"
         # The player's notes are in the session file, with their timing.
         sent_on = [t for t, m in p.sent if m.type == "note_on"]
         assert len(player_notes) == len(sent_on) == ROUNDS * len(MAJOR_PHRASE)
@@ -196,11 +195,14 @@ def test_answers_in_the_players_key_and_is_silent_while_the_player_plays(jack_se
         lag = np.abs(np.array(sent_on) - starts - offset)
         assert np.median(lag) < 0.003 and lag.max() < 0.06, f"player notes off by {lag.max() * 1e3:.1f} ms"
         assert len({round(x / STEP) for x in starts}) > 0.9 * len(starts)  # not quantised to steps
-    # The answers fit the player's key better than the key a tritone away (whose profile is the most
-    # different), for both keys, and clearly so on average. A sampled model strays now and then, so the
-    # margin is on the average of the two runs (three answers each).
-    margins = {tonic: own - other for tonic, (own, other) in fits.items()}
-    assert min(margins.values()) > 0 and sum(margins.values()) / 2 > 0.5, (
+    # The answers (six per key: two seeds, three phrases) fit the player's key better than the key a
+    # tritone away, whose profile is the most different, for both keys, and clearly so on average.
+    # A sampled model strays now and then; pooling answers is what keeps this from being flaky.
+    fits = {tonic: (key_correlation(pitch_grid(a), tonic, "major"),
+                    key_correlation(pitch_grid(a), (tonic + 6) % 12, "major")) for tonic, a in answers.items()}
+    print("key fits (own, other):", fits)
+    margins = [own - other for own, other in fits.values()]
+    assert min(margins) > 0.2 and sum(margins) / 2 > 0.5, (
         "answers do not follow the player's key: (r with the player's key, r with the key a tritone away) = "
         + ", ".join(f"{t} major: {own:.2f}, {other:.2f}" for t, (own, other) in fits.items()))
 
@@ -285,7 +287,7 @@ def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player,
     try:
         run.wait_for("playing into")
         time.sleep(0.3)
-        sent = send_clock(player, [("tick@100", 1.0), ("start", 0), ("tick@100", 4.0), ("tick@140", 4.0),
+        sent = send_clock(player, [("tick@100", 1.0), ("start", 0), ("tick@100", 4.0), ("tick@140", 4.05),
                                    ("stop", 0), ("tick@140", 1.0)])
         time.sleep(0.2)
     finally:
