@@ -361,6 +361,16 @@ def _live_generator(checkpoint: Optional[Path], temperature: float, stability: i
     return gen
 
 
+def _open_output(api: Optional[str], output: Optional[str]):
+    """A virtual output port, or (--output NAME) a connection that comes back when that program restarts."""
+    from .ports import open_output
+    from .reconnect import open_reconnecting_output
+
+    if output is None:
+        return open_output(api, None)
+    return open_reconnecting_output(api, output, warn=_warn, info=lambda text: typer.echo(text, err=True))
+
+
 def _timing_line(result) -> str:
     s = result.stats
     return f"{s.played} steps played, {s.late_steps} late, worst send delay {s.max_send_delay * 1e3:.2f} ms"
@@ -395,14 +405,14 @@ def record(
     """
     from .generator import check_controls
     from .live import record as run_record
-    from .ports import MidiSystemMissing, open_output
+    from .ports import MidiSystemMissing
 
     check_seconds(seconds)
     check_bpm(bpm)
     check_controls(temperature, stability)
     check_output(out)
     try:
-        port = open_output(api, output)
+        port = _open_output(api, output)
     except MidiSystemMissing as e:
         if input_name is not None:
             raise  # nothing to listen on: say what to install
@@ -457,7 +467,6 @@ def play(
     """
     from .generator import check_controls
     from .live import play as run_play
-    from .ports import open_output
 
     check_seconds(session_seconds, "--session-seconds")
     check_bpm(bpm)
@@ -469,7 +478,7 @@ def play(
     except OSError as e:
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
-    port = open_output(api, output)  # no MIDI system: a PortError saying what to install
+    port = _open_output(api, output)  # no MIDI system: a PortError saying what to install
     listener = None
     try:
         gen = _live_generator(checkpoint, temperature, stability, seed, prime)

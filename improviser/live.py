@@ -252,32 +252,36 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
 
     The hidden state carries on from session to session; the partial last
     session is written on stop. Files are named by their local start time.
+    A session that cannot be written (disk full, folder gone) is kept in memory
+    and retried (see ``SessionSaver``); the music goes on meanwhile.
     """
+    from .saver import SessionSaver
+
     folder = Path(sessions_dir)
     folder.mkdir(parents=True, exist_ok=True)
     clock = clock or MonotonicClock()
-    paths: list[Path] = []
 
     # Wall-clock time of the sessions' starts, from one reading of both clocks, so names always sort in order.
     wall0, clock0 = datetime.now(), clock.now()
 
-    def write(session: Session) -> None:
-        when = wall0 + timedelta(seconds=session.start - clock0)
-        path = session.write(session_path(folder, session.index, when), bpm)
-        paths.append(path)
-        if on_written is not None:
-            on_written(path, session)
+    def path_for(session: Session) -> Path:
+        return session_path(folder, session.index, wall0 + timedelta(seconds=session.start - clock0))
 
+    saver = SessionSaver(folder, bpm, path_for, on_written=on_written, warn=warn)
     engine = engine_class(generator, bpm, port, clock=clock, session_seconds=session_seconds,
-                          on_session=write, warn=warn)
-    with stop_on_signals(engine.stop):
-        result = engine.run(None)
+                          on_session=saver.save, warn=warn)
+    try:
+        with stop_on_signals(engine.stop):
+            result = engine.run(None)
+    except BaseException:
+        saver.close(raise_errors=False)  # keep what can be kept; the first error is the one to report
+        raise
     last = result.sessions[-1]
     if last.length > 0:
-        write(last)
+        saver.save(last)
     else:  # stopped right at a boundary: the new session had not begun
         result.sessions.pop()
-    result.paths = paths
+    result.paths = saver.close()
     return result
 
 
