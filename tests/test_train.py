@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from improviser.data import load_midi_files, split
@@ -71,3 +72,20 @@ def test_unreadable_files_are_counted_and_nothing_usable_is_an_error(tmp_path, c
         load_midi_files([tmp_path], progress=False)
     with pytest.raises(DataError, match="no such file"):
         load_midi_files([tmp_path / "nope"], progress=False)
+
+
+def test_bach_chorales_of_the_music21_corpus_parse_and_cache(tmp_path, monkeypatch):
+    from improviser.data import load_bach_chorales
+
+    pieces = load_bach_chorales(progress=False, limit=4)
+    assert len(pieces) == 4
+    for p in pieces:
+        voices = p.grid.sound.sum(axis=1)
+        assert np.median(voices) == 4, p.name  # four-part chorales
+        assert 0 <= p.grid.bar_start < p.grid.steps_per_bar
+    # bwv1.6 opens with a one-beat pickup: step 0 is the last beat of a 4/4 bar.
+    first = next(p for p in pieces if p.name == "bwv1.6")
+    assert first.grid.bar_start == 12
+    # The second call reads the cache and gives the same grids.
+    again = load_bach_chorales(progress=False, limit=4)
+    assert all(np.array_equal(a.grid.sound, b.grid.sound) for a, b in zip(pieces, again))
