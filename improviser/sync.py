@@ -29,7 +29,8 @@ from .clock import _STOP, Conductor
 TICKS_PER_BEAT = 24
 TICKS_PER_STEP = 6  # a 16th note
 WINDOW = 12  # ticks (half a beat) for the period and phase: a tempo change is followed within a beat
-LOST_TICK = 1.75  # an interval this many periods long means ticks were lost on the way
+LOST_TICK = 1.75  # an interval this many periods long means ticks were lost on the way...
+TAKE_BACK = 0.6  # ...unless the next tick follows within this many periods: then one was only late
 
 
 class ClockFollower:
@@ -44,6 +45,10 @@ class ClockFollower:
         self.epoch = 0  # bumped by each start / stop / continue, so a waiting sender notices
         self.changed = threading.Condition()
         self.lost = 0  # ticks inferred from gaps
+        self._guessed = 0  # ticks counted as lost after the last gap, which may yet be taken back
+        self._jump_at = 0  # the tick number given to the tick after that gap
+        self.window = window
+        self._just_started = False  # Start/Continue came: the next tick is counted as one, no gap guessing
 
     def handle(self, kind: str, msg: Any, t: float) -> None:
         """Input thread: one clock/start/stop/continue/songpos message, arrived at ``t``."""
@@ -53,11 +58,13 @@ class ClockFollower:
             elif kind == "start":
                 self._forget_stale(t)
                 self.position, self.running = 0, True
+                self._just_started = True  # the next tick is position 0, whatever the gap before it
                 self.offset = self.count  # the next tick is position 0
                 self.epoch += 1
             elif kind == "continue":
                 self._forget_stale(t)
                 self.running = True
+                self._just_started = True
                 self.offset = self.count - self.position
                 self.epoch += 1
             elif kind == "stop":
@@ -77,12 +84,28 @@ class ClockFollower:
     def _tick(self, t: float) -> None:
         self._forget_stale(t)  # the DAW stopped sending clock for a while: start the estimate afresh
         n = 1
-        if self.ticks:
+        if self.ticks and not self._just_started:
             period = self.period()
             gap = t - self.ticks[-1][1]
             if period and gap > LOST_TICK * period:
                 n = min(round(gap / period), TICKS_PER_BEAT)  # lost ticks: count them, keep the grid
                 self.lost += n - 1
+            elif period and self._guessed and gap < TAKE_BACK * period:
+                # The ticks before came late (a stall delivered them together), not after lost ones: this
+                # one follows too closely. Take one guessed tick back, so a delay does not shift the grid.
+                self.ticks = collections.deque(((c - 1 if c >= self._jump_at else c), tt) for c, tt in self.ticks)
+                self.ticks = collections.deque(self.ticks, maxlen=self.window + 1)
+                self.count -= 1
+                self.lost -= 1
+                self._guessed -= 1
+                self._jump_at -= 1
+                n = 0  # counted below as the tick after the last one kept
+        self._just_started = False
+        if n > 1:
+            self._guessed, self._jump_at = n - 1, self.count + n - 1
+        elif n == 1:
+            self._guessed = 0
+        n = max(n, 1)
         self.count += n - 1
         self.ticks.append((self.count, t))
         self.count += 1
@@ -101,8 +124,11 @@ class ClockFollower:
         return None if not p else 60.0 / (p * TICKS_PER_BEAT)
 
     def arrived(self, position: int) -> bool:
-        """Has the tick at song ``position`` arrived (in the current run)?"""
-        return self.running and self.position > position
+        """Has the tick at song ``position`` surely arrived (in the current run)?
+
+        A tick counted after a gap may yet be taken back: it is not trusted until the next one.
+        """
+        return self.running and self.position - self._guessed > position
 
     def time_of(self, position: int) -> float | None:
         """Predicted arrival of the tick at song ``position`` (None: not enough ticks yet)."""

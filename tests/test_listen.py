@@ -166,3 +166,24 @@ def test_cli_listening_options_need_an_input_and_valid_values(tmp_path):
                        (["--sync", "dance"], "--sync"), (["--cc", "tempo=74"], "--input")]:
         r = runner.invoke(app, ["record", out, "--seconds", "1", *args])
         assert r.exit_code == 1 and text in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_tick_delivered_late_does_not_shift_the_grid():
+    f = ClockFollower()
+    period = 60 / 120 / 24
+    f.handle("start", None, 0.0)
+    times = [1.0 + i * period for i in range(40)]
+    times[20] = times[21] - 0.0002  # delayed on the way, arriving just before the next one
+    feed_ticks(f, times)
+    assert f.position == 40 and f.lost == 0
+    assert f.time_of(42) == pytest.approx(1.0 + 42 * period, abs=0.0005)
+
+
+def test_ticks_delivered_together_after_a_stall_are_counted_once_each():
+    f = ClockFollower()
+    period = 60 / 120 / 24
+    f.handle("start", None, 0.0)
+    times = [1.0 + i * period for i in range(40)]
+    times[20:23] = [times[23] - 0.0003] * 3  # a stall: three ticks arrive together just before the fourth
+    feed_ticks(f, times)
+    assert f.position == 40 and f.lost == 0
