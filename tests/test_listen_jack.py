@@ -328,13 +328,18 @@ def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player,
     for t in sends:
         i = int(np.argmin(np.abs(tick_times - t)))
         if not change < t < change + 60 / 140:  # the tempo is followed within a beat
-            err_ms.append(abs(t - ticks[i]) * 1e3)
+            err_ms.append((t - ticks[i]) * 1e3)
     err_ms = np.array(err_ms)
     slow = [t for t in ons if t < change]
     fast = [t for t in ons if t > change + 60 / 140]
     assert len(slow) >= 8 and len(fast) >= 8, err
-    assert np.percentile(err_ms, 90) < 3.0 and err_ms.max() < 12, (
-        f"notes off the clock's 16ths: p90 {np.percentile(err_ms, 90):.2f} ms, max {err_ms.max():.2f} ms")
+    # A constant lag (JACK delivering the tick in and the note out, ~1-2.5 ms on this
+    # rig, which is not real-time) and little jitter around it; benchmarks/listening.py reports the figures.
+    lag = np.median(err_ms)
+    jitter = np.abs(err_ms - lag)
+    assert abs(lag) < 5 and np.percentile(jitter, 90) < 2.0 and np.abs(err_ms).max() < 12, (
+        f"notes off the clock's 16ths: lag {lag:.2f} ms, jitter p90 {np.percentile(jitter, 90):.2f} ms, "
+        f"worst {np.abs(err_ms).max():.2f} ms")
 
 
 def flood(client: str, seconds: float, seed: int = 0) -> None:
