@@ -1,0 +1,103 @@
+"""Soak: ``improviser play --mode accompany`` at 300 bpm for SECONDS with ~1,000 junk messages a second on its input.
+
+    python benchmarks/soak.py [SECONDS] [--seed 11]
+
+Starts its own JACK server (dummy driver, 48 kHz, -p 32, synchronous, not real-time, as in the tests), a
+monitor port in this process, and runs the same soak as ``tests/test_soak.py`` (whose ``soak`` it calls):
+``improviser play`` as a subprocess writing a session file every 10 s, a flood process connected to its
+``improviser:in`` sending random notes on all channels, controllers (none of the live controls), pitch bend,
+sysex and clock; SIGTERM at the end. Prints:
+
+- onset error p50/p99/max: every onset in the session files (the improviser's send times) against the
+  300 bpm 16th grid;
+- drift: the mean onset error of the first and the last 200 onsets in the files, and the monitor's lag
+  (arrival less file time) over the first and the last 200 notes: the files' clock against this one;
+- late steps (from the improviser's last stderr line), messages flooded, notes played (in the files),
+  heard (at the monitor), the flood's note-ons sent and recorded on the player track;
+- the improviser process's peak resident memory (VmHWM in /proc/PID/status, read just before SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+PERIOD = 32
+RATE = 48000
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("seconds", nargs="?", type=float, default=600.0)
+    ap.add_argument("--seed", type=int, default=11)
+    args = ap.parse_args()
+    if not shutil.which("jackd"):
+        sys.exit("jackd not found: install JACK (Debian/Ubuntu: apt-get install jackd2)")
+    sys.path.insert(0, str(TESTS))
+    from conftest import Monitor
+    from test_soak import BPM, SESSION_SECONDS, first_difference, soak
+
+    name = f"improviser-soak-{uuid.uuid4().hex[:6]}"
+    os.environ["JACK_DEFAULT_SERVER"] = name
+    # Its output to /dev/null, never a pipe nobody reads: under load jackd logs every xrun.
+    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", str(RATE),
+                               "-p", str(PERIOD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    monitor = None
+    try:
+        for _ in range(100):
+            if subprocess.run(["jack_lsp"], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+        monitor = Monitor()
+        with tempfile.TemporaryDirectory() as folder:
+            r = soak(monitor, Path(folder) / "sessions", args.seconds, args.seed)
+            report(args, r, BPM, SESSION_SECONDS, first_difference)
+    finally:
+        if monitor is not None:
+            monitor.close()  # before the server goes, or rtmidi crashes at exit
+        server.terminate()
+        server.wait()
+
+
+def report(args, r: dict, bpm: float, session_seconds: float, first_difference) -> None:
+    resid = r["resid"] * 1e3
+    a = np.abs(resid)
+    n = min(200, len(resid) // 2)
+    lags = (r["lags"] - np.median(r["lags"])) * 1e3
+    m = min(200, len(lags) // 2)
+    sent = r["sent"]
+    print(f"soak: {r['elapsed']:.0f} s of play --mode accompany at {bpm:g} bpm, a session every "
+          f"{session_seconds:g} s; JACK dummy {RATE} Hz -p {PERIOD}, not real-time")
+    print(f"process: up throughout {r['up']}, exit code {r['code']}, {len(r['files'])} session files, "
+          f"peak RSS {r['rss_mb']:.0f} MiB")
+    print(f"onset error (files vs the 16th grid, {len(resid)} onsets): p50 {np.percentile(a, 50):.2f}  "
+          f"p99 {np.percentile(a, 99):.2f}  max {a.max():.2f} ms; late steps {r['late']}")
+    print(f"drift: onset error first {n} {resid[:n].mean():+.3f} ms, last {n} {resid[-n:].mean():+.3f} ms; "
+          f"monitor lag first {m} {np.median(lags[:m]):+.2f} ms, last {m} {np.median(lags[-m:]):+.2f} ms "
+          f"(median-relative; lag spread p50 {np.median(np.abs(lags)):.2f}, p99 "
+          f"{np.percentile(np.abs(lags), 99):.2f} ms)")
+    rate = sent["messages"] / sent["seconds"]
+    print(f"flood: {sent['messages']} messages in {sent['seconds']:.1f} s ({rate:.0f}/s): "
+          f"{sent['note_ons']} note-ons, {sent['note_offs']} note-offs, {sent['controls']} CCs, "
+          f"{sent['pitchwheel']} pitch bends, {sent['sysex']} sysex, {sent['clock']} clock")
+    same = [h[0] for h in r["heard"]] == [s[0] for s in r["saved"]]
+    print(f"notes: played {len(r['saved'])} (in the files, joined at the seams), heard {len(r['heard'])} at the "
+          f"monitor, same pitches in the same order {same}; flood note-ons recorded on the player track "
+          f"{r['recorded']} ({r['at_seams']} struck again at a seam) of {sent['note_ons']} sent")
+    if not same:
+        print("  " + first_difference(r["heard"], r["saved"]))
+    print("improviser: " + " | ".join(line for line in r["err"].strip().splitlines()[-2:]))
+
+
+if __name__ == "__main__":
+    main()
