@@ -444,6 +444,7 @@ def record(
 @cli_errors
 def play(
     sessions: Path = typer.Option(Path("sessions"), "--sessions", help="Folder for the session files."),
+    plot_sessions: bool = typer.Option(False, "--plot", help="Draw a piano roll (PNG) beside each session file."),
     session_seconds: float = typer.Option(30.0, "--session-seconds", help="Length of each session file."),
     api: Optional[str] = API_OPT,
     output: Optional[str] = OUTPUT_OPT,
@@ -485,9 +486,17 @@ def play(
         engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
-        result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn,
-                          on_written=lambda path, s: typer.echo(
-                              f"wrote {path} ({s.length:.1f} s, {len(s.notes())} notes)", err=True),
+        def written(path: Path, session) -> None:
+            typer.echo(f"wrote {path} ({session.length:.1f} s, {len(session.notes())} notes)", err=True)
+            if plot_sessions and (session.notes() or session.notes("player")):
+                from .plot import plot_session
+
+                try:  # a picture that cannot be drawn must never stop the music
+                    plot_session(path, path.with_suffix(".png"))
+                except Exception as e:  # noqa: BLE001
+                    _warn(f"could not draw {path.with_suffix('.png')}: {e}")
+
+        result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn, on_written=written,
                           **({"engine_class": engine} if engine else {}))
     finally:
         if listener is not None:

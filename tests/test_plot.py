@@ -41,3 +41,35 @@ def test_plot_errors_are_one_line(tmp_path):
     assert r.exit_code == 1 and "not a readable MIDI" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = CliRunner().invoke(app, ["plot", str(Path(tmp_path) / "gone.mid"), str(tmp_path / "x.png")])
     assert r.exit_code == 1 and "no such MIDI file" in r.stderr
+
+
+def test_play_plot_draws_a_picture_beside_each_session_file(jack_server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import matplotlib.image as mpimg
+
+    from improviser.plot import IMPROVISER_COLOUR
+
+    folder = tmp_path / "sessions"
+    proc = subprocess.Popen([sys.executable, "-m", "improviser", "play", "--sessions", str(folder),
+                             "--session-seconds", "2", "--bpm", "120", "--api", "jack", "--plot", "--seed", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(folder.glob("*.png"))) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "no pictures appeared"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    for png in sorted(folder.glob("*.png"))[:2]:
+        assert png.with_suffix(".mid").is_file()
+        assert colour_mask(mpimg.imread(png), IMPROVISER_COLOUR).sum() > 200
