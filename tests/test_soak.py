@@ -219,7 +219,8 @@ def test_a_minute_of_flooded_input_at_300_bpm_keeps_time_and_loses_or_hangs_no_n
     err = r["err"]
     resid = np.abs(r["resid"])
     print(f"onset error p50 {np.median(resid) * 1e3:.2f} p99 {np.percentile(resid, 99) * 1e3:.2f} "
-          f"max {resid.max() * 1e3:.2f} ms; monitor lag median {np.median(r['lags']) * 1e3:.1f} ms; "
+          f"max {resid.max() * 1e3:.2f} ms; monitor lag spread (median) "
+          f"{np.median(np.abs(r['lags'] - np.median(r['lags']))) * 1e3:.2f} ms; "
           f"heard {len(r['heard'])}, saved {len(r['saved'])}; flood {r['sent']}; player notes {r['recorded']}; "
           f"late {r['late']}; peak RSS {r['rss_mb']:.0f} MiB\n{err[-600:]}")
     assert r["up"] and r["code"] == 0, f"the improviser did not stay up: {err[-2000:]}"
@@ -250,5 +251,5 @@ def test_a_minute_of_flooded_input_at_300_bpm_keeps_time_and_loses_or_hangs_no_n
     # counted there too, hence a range rather than one number).
     sent = r["sent"]["note_ons"]
     assert r["recorded"] - r["at_seams"] <= sent <= r["recorded"], (r["recorded"], r["at_seams"], sent, err[-1000:])
-    assert sent > 0.35 * FLOOD_RATE * 58.5
+    assert sent > 0.15 * FLOOD_RATE * 58.5  # 40 % of messages are notes, half of them note-ons
     assert " 0 dropped" in err, err[-1000:]
