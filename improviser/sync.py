@@ -114,9 +114,10 @@ class ClockFollower:
 
     def period(self) -> float | None:
         """Seconds per tick: the median of recent intervals (None before two ticks)."""
-        if len(self.ticks) < 2:
+        with self.changed:  # the input thread changes the ticks; read them whole (the lock is reentrant)
+            pts = list(self.ticks)
+        if len(pts) < 2:
             return None
-        pts = list(self.ticks)
         return statistics.median((b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(pts, pts[1:]))
 
     def bpm(self) -> float | None:
@@ -132,11 +133,13 @@ class ClockFollower:
 
     def time_of(self, position: int) -> float | None:
         """Predicted arrival of the tick at song ``position`` (None: not enough ticks yet)."""
-        p = self.period()
-        n = position + self.offset  # its tick number
-        if p is None or n > self.ticks[-1][0] + TICKS_PER_STEP + 2:
+        with self.changed:  # a consistent snapshot: the input thread may be adding a tick right now
+            p = self.period()
+            n = position + self.offset  # its tick number
+            pts = list(self.ticks)
+        if p is None or not pts or n > pts[-1][0] + TICKS_PER_STEP + 2:
             return None  # too far beyond the last tick heard: wait for ticks rather than guess
-        phase = statistics.median(t - p * c for c, t in self.ticks)
+        phase = statistics.median(t - p * c for c, t in pts)
         return phase + p * n
 
 
