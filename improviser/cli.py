@@ -212,7 +212,7 @@ def train(
     train_p, valid_p = split(pieces)
     from .model import default_size
 
-    n_steps = sum(len(p.grid) for p in train_p)
+    n_steps = sum(p.n_steps for p in train_p)
     model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout,
                             head=head, nade_hidden=nade_hidden)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)

@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,27 @@ MIDI_SUFFIXES = {".mid", ".midi", ".smf", ".kar"}
 CACHE_VERSION = 1
 
 
-@dataclass
 class Piece:
-    name: str
-    grid: Grid
+    """A named piece. Read from files it is kept compact (its notes) and put on the grid when asked,
+    so a folder of thousands of pieces fits in memory and training builds grids a chunk at a time."""
+
+    def __init__(self, name: str, grid: Grid | None = None, arrays: dict | None = None):
+        if (grid is None) == (arrays is None):
+            raise ValueError("give a piece a grid or its compact arrays")
+        self.name = name
+        self._grid = grid
+        self._arrays = arrays
+
+    @property
+    def grid(self) -> Grid:
+        return self._grid if self._grid is not None else _arrays_to_grid(self._arrays)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self._grid) if self._grid is not None else int(self._arrays["n_steps"])
+
+    def __repr__(self) -> str:
+        return f"Piece({self.name!r}, {self.n_steps} steps)"
 
 
 def cache_dir() -> Path:
@@ -105,7 +121,7 @@ def load_midi_files(paths: Iterable[str | os.PathLike], steps_per_beat: int = ST
             results = list(tqdm(pool.map(_read_one, jobs, chunksize=32), **bar))
     else:
         results = [_read_one(j) for j in tqdm(jobs, **bar)]
-    pieces = [Piece(name, _arrays_to_grid(arr)) for name, arr, _ in results if arr is not None]
+    pieces = [Piece(name, arrays=arr) for name, arr, _ in results if arr is not None]
     skipped = [err for _, arr, err in results if arr is None]
     if skipped:
         print(f"skipped {len(skipped)} of {len(files)} files that could not be used (first: {skipped[0]})",
@@ -168,8 +184,12 @@ def load_bach_chorales(steps_per_beat: int = STEPS_PER_BEAT, progress: bool = Tr
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as a:
             names = a["names"].tolist()
-            return [Piece(n, _arrays_to_grid({k.split("/", 1)[1]: a[k] for k in a.files if k.startswith(f"{i}/")}))
-                    for i, n in enumerate(names)]
+            by_piece: dict[str, dict] = {}
+            for k in a.files:
+                if "/" in k:
+                    i, field = k.split("/", 1)
+                    by_piece.setdefault(i, {})[field] = a[k]
+            return [Piece(n, arrays=by_piece[str(i)]) for i, n in enumerate(names)]
     results = []
     with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         jobs = pool.map(_parse_one, [(p, steps_per_beat) for p in paths], chunksize=4)
@@ -186,7 +206,7 @@ def load_bach_chorales(steps_per_beat: int = STEPS_PER_BEAT, progress: bool = Tr
     tmp = cached.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, **flat)
     os.replace(tmp, cached)
-    return [Piece(n, _arrays_to_grid(arr)) for n, arr in usable]
+    return [Piece(n, arrays=arr) for n, arr in usable]
 
 
 def split(pieces: list[Piece], valid_fraction: float = 0.1) -> tuple[list[Piece], list[Piece]]:
@@ -227,7 +247,7 @@ def load_jsb(path: str | os.PathLike, split_name: str) -> list[Piece]:
         except (TypeError, ValueError, IndexError):
             raise DataError(f"{path}: piece {i} of {split_name!r} is not a list of frames of MIDI pitches") from None
         prev = np.vstack([np.zeros((1, 128), bool), sound[:-1]])
-        out.append(Piece(f"{split_name}/{i}", Grid(sound & ~prev, sound, 1, 4, 100.0)))
+        out.append(Piece(f"{split_name}/{i}", grid=Grid(sound & ~prev, sound, 1, 4, 100.0)))
     if not out:
         raise DataError(f"{path}: split {split_name!r} is empty")
     return out

@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     transpose: int = 6  # augment with shifts in -transpose+1 .. +transpose semitones (12 keys)
     copies: int = 4  # transposed copies of each piece per epoch
+    chunk_pieces: int = 512  # pieces put on the grid and cut into windows at a time
 
 
 def piece_arrays(grid: Grid, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -107,11 +108,12 @@ def window_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Ten
 
 
 @torch.no_grad()
-def validate(model: BachLSTM, pieces: list[Grid]) -> float:
-    """Mean nats per step over whole validation pieces, untransposed, from a silent start."""
+def validate(model: BachLSTM, pieces: list) -> float:
+    """Mean nats per step over whole validation pieces (Pieces or Grids), untransposed, from a silent start."""
     model.eval()
     total, steps = 0.0, 0.0
-    for g in pieces:
+    for piece in pieces:
+        g = piece if isinstance(piece, Grid) else piece.grid
         if not fits(g, model.cfg):
             continue
         x, y = piece_arrays(g, model.cfg)
@@ -146,9 +148,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     rank, world = _ddp()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
-    train_grids = [p.grid for p in train_pieces]
-    valid_grids = [p.grid for p in valid_pieces]
-    n_train_steps = sum(len(g) for g in train_grids)
+    n_train_steps = sum(p.n_steps for p in train_pieces)
     start_epoch, best, history, bad_epochs = 0, math.inf, [], 0
     opt_state = None
     if resume:
@@ -172,38 +172,49 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         net = nn.parallel.DistributedDataParallel(model)
     out = Path(out)
     last_path = out.with_suffix(".last.pt")
-    info_base = {"trained_on": description, "n_train_pieces": len(train_grids), "n_valid_pieces": len(valid_grids),
+    info_base = {"trained_on": description, "n_train_pieces": len(train_pieces), "n_valid_pieces": len(valid_pieces),
                  "n_train_steps": n_train_steps, "train_config": asdict(cfg), "n_params": model.n_params()}
     if rank == 0:
         log(f"model: {mcfg.layers}x{mcfg.hidden} LSTM, {model.n_params():,} parameters; "
-            f"data: {len(train_grids)} train / {len(valid_grids)} valid pieces, {n_train_steps:,} train steps")
+            f"data: {len(train_pieces)} train / {len(valid_pieces)} valid pieces, {n_train_steps:,} train steps")
     t0 = time.monotonic()
     epoch = start_epoch
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        x, y, m = make_windows(train_grids, mcfg, cfg.seq_len, rng, cfg.transpose, cfg.copies)
-        perm = torch.from_numpy(np.random.default_rng(cfg.seed + epoch).permutation(len(x)))
-        perm = perm[rank::world]  # each rank its share; same order on all ranks
-        n_batches = max(1, math.ceil(len(perm) / cfg.batch_size))
-        if world > 1:
-            # Every rank must run the same number of steps or the gradient all-reduce hangs.
-            import torch.distributed as dist
-
-            t = torch.tensor([n_batches])
-            dist.all_reduce(t, op=dist.ReduceOp.MIN)
-            n_batches = int(t)
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
+        # Pieces are put on the grid and cut into windows a chunk at a time, in a new order every
+        # epoch (the same on every rank), so memory stays bounded however large the corpus is.
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_pieces))
+        chunks = [order[i:i + cfg.chunk_pieces] for i in range(0, len(order), cfg.chunk_pieces)]
+        total = sum(p.n_steps for p in train_pieces) * cfg.copies // cfg.seq_len // cfg.batch_size + len(chunks)
+        bar = tqdm(total=total // world, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
                    disable=not progress or rank != 0, leave=False)
-        running = 0.0
-        for b in bar:
-            idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            loss, _ = window_loss(net, x[idx], y[idx], m[idx])
-            opt.zero_grad()
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-            opt.step()
-            running = 0.9 * running + 0.1 * loss.item() if b else loss.item()
-            bar.set_postfix(loss=f"{running:.3f}")
-        val = validate(model, valid_grids)
+        running, b_all = 0.0, 0
+        for chunk in chunks:
+            x, y, m = make_windows([train_pieces[i].grid for i in chunk], mcfg, cfg.seq_len, rng, cfg.transpose,
+                                   cfg.copies)
+            perm = torch.from_numpy(np.random.default_rng(cfg.seed + epoch + int(chunk[0])).permutation(len(x)))
+            perm = perm[rank::world]  # each rank its share
+            n_batches = max(1, math.ceil(len(perm) / cfg.batch_size))
+            if world > 1:
+                # Every rank must run the same number of steps or the gradient all-reduce hangs.
+                import torch.distributed as dist
+
+                t = torch.tensor([n_batches])
+                dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                n_batches = int(t)
+            for b in range(n_batches):
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                loss, _ = window_loss(net, x[idx], y[idx], m[idx])
+                opt.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                opt.step()
+                running = 0.9 * running + 0.1 * loss.item() if b_all else loss.item()
+                b_all += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{running:.3f}")
+            del x, y, m
+        bar.close()
+        val = validate(model, valid_pieces)
         history.append({"epoch": epoch, "train_loss": running, "val_loss": val})
         improved = val < best - 1e-4
         if improved:

@@ -1,5 +1,6 @@
 """Training on real MIDI files lowers validation loss and gives a checkpoint that plays."""
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,14 @@ def test_bach_chorales_of_the_music21_corpus_parse_and_cache(tmp_path, monkeypat
     # The second call reads the cache and gives the same grids.
     again = load_bach_chorales(progress=False, limit=4)
     assert all(np.array_equal(a.grid.sound, b.grid.sound) for a, b in zip(pieces, again))
+
+
+def test_training_streams_pieces_a_chunk_at_a_time(tmp_path):
+    """Pieces read from files stay compact (notes only); training grids them a few at a time."""
+    pieces = load_midi_files([DATA], progress=False)
+    assert all(p._grid is None for p in pieces)  # nothing held on the grid until asked
+    assert [p.n_steps for p in pieces] == [len(p.grid) for p in pieces]
+    train_p, valid_p = split(pieces)
+    summary = train(train_p, valid_p, tmp_path / "c.pt", ModelConfig(hidden=32, layers=1, dropout=0.0),
+                    TrainConfig(epochs=2, batch_size=4, chunk_pieces=2), progress=False, log=lambda s: None)
+    assert summary["epochs"] == 2 and math.isfinite(summary["best_val_loss"])
