@@ -68,32 +68,21 @@ class SessionSaver:
         self.retry = retry
         self.paths: list[Path] = []  # written, in order
         self.waiting: list[Session] = []  # not written yet, in order
-        self._lock = threading.Lock()  # guards the hand-over list only: held for microseconds
-        self._write_lock = threading.Lock()  # guards ``waiting`` and the disk; held while writing
-        self._incoming: list[Session] = []
-        self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._reason: str | None = None
         tidy_parts(self.folder)
-        self._thread = threading.Thread(target=self._loop, name="improviser-saver", daemon=True)
+        self._thread = threading.Thread(target=self._retry_loop, name="improviser-saver", daemon=True)
         self._thread.start()
 
     def save(self, session: Session) -> None:
-        """Hand ``session`` to the saver's own thread, which writes it after any that are waiting.
-
-        Called by the sending thread at a session boundary, so it never touches the disk: a
-        slow write (or a picture drawn after it) must not delay a note.
-        """
+        """Write ``session`` after any that are waiting; if that fails, keep it and say so. Never raises OSError."""
         with self._lock:
-            self._incoming.append(session)
-            self._idle.clear()
-        self._wake.set()
-
-    def settle(self, timeout: float = 30.0) -> bool:
-        """Wait until every session handed over so far has been tried once (written or kept waiting)."""
-        return self._idle.wait(timeout)
+            self.waiting.append(session)
+            if self._write_waiting() is not None:
+                self.warn(f"cannot save session {session.index} in {self.folder}: {self._reason}; keeping it "
+                          f"in memory ({len(self.waiting)} waiting) and trying again every {self.retry:g} s -- "
+                          f"{self._advice()}")
 
     def close(self, raise_errors: bool = True) -> list[Path]:
         """Stop retrying and write what is waiting, making the folder again if it is gone. Returns the paths.
@@ -101,10 +90,8 @@ class SessionSaver:
         Raises SessionsNotSaved if sessions still cannot be written (unless ``raise_errors`` is false).
         """
         self._stop.set()
-        self._wake.set()
         self._thread.join()
-        self._take_incoming()
-        with self._write_lock:
+        with self._lock:
             if self.waiting and not self.folder.exists():
                 try:
                     self.folder.mkdir(parents=True, exist_ok=True)
@@ -116,35 +103,6 @@ class SessionSaver:
                 raise SessionsNotSaved(f"{len(self.waiting)} sessions could not be saved in {self.folder}: "
                                        f"{self._reason}; {self._advice()} before stopping next time")
         return self.paths
-
-    def _take_incoming(self) -> None:
-        """Move handed-over sessions to ``waiting``, trying to write after each one (as it arrived)."""
-        while True:
-            with self._lock:
-                if not self._incoming:
-                    self._idle.set()
-                    return
-                session = self._incoming.pop(0)
-            with self._write_lock:
-                self.waiting.append(session)
-                if not self._stop.is_set() and self._write_waiting() is not None:
-                    self.warn(f"cannot save session {session.index} in {self.folder}: {self._reason}; keeping "
-                              f"it in memory ({len(self.waiting)} waiting) and trying again every {self.retry:g} s"
-                              f" -- {self._advice()}")
-
-    def _loop(self) -> None:
-        """The saver's thread: write what is handed over at once, and retry what waits every ``retry`` s."""
-        while not self._stop.is_set():
-            woken = self._wake.wait(self.retry)
-            self._wake.clear()
-            if self._stop.is_set():
-                break
-            if woken:
-                self._take_incoming()
-            else:
-                with self._write_lock:
-                    if self.waiting:
-                        self._write_waiting()
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -174,6 +132,12 @@ class SessionSaver:
         if not self.folder.is_dir():
             return f"move the file {self.folder} away and make the folder again"
         return f"make {self.folder} writable"
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(self.retry):
+            with self._lock:
+                if self.waiting:
+                    self._write_waiting()
 
 
 def tidy_parts(folder: Path, older_than: float = STALE_PART_SECONDS) -> int:

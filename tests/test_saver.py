@@ -46,11 +46,9 @@ def test_a_full_disk_keeps_sessions_in_memory_and_writes_them_in_order_when_spac
     disk, lines = Disk(monkeypatch), []
     saver = saver_in(tmp_path, lines)
     saver.save(session(0))
-    saver.settle()
     disk.full = True
     saver.save(session(1))
     saver.save(session(2))
-    saver.settle()
     assert [f.name for f in sorted(tmp_path.glob("*.mid"))] == ["session-0000.mid"]
     assert len(lines) == 2 and all("the disk is full" in line and "free some space" in line for line in lines)
     assert "(2 waiting)" in lines[1]
@@ -68,7 +66,6 @@ def test_waiting_sessions_are_retried_without_a_new_session(tmp_path, monkeypatc
     disk.full = True
     saver = saver_in(tmp_path, lines, retry=0.05)
     saver.save(session(0))
-    saver.settle()
     disk.full = False
     deadline = time.monotonic() + 10
     while saver.waiting and time.monotonic() < deadline:
@@ -83,7 +80,6 @@ def test_a_vanished_folder_is_made_again_at_the_end_so_nothing_is_lost(tmp_path)
     saver = saver_in(folder, lines)
     folder.rmdir()
     saver.save(session(0))
-    saver.settle()
     assert "the folder" in lines[0] and "is gone" in lines[0] and f"mkdir {folder}" in lines[0]
     assert not folder.exists()  # not made again while playing: it may be a drive not mounted right now
     paths = saver.close()
@@ -97,7 +93,6 @@ def test_sessions_that_never_can_be_written_are_one_clear_error_at_the_end(tmp_p
     folder.rmdir()
     folder.write_text("a file where the folder was")
     saver.save(session(0))
-    saver.settle()
     assert "is no longer a folder" in lines[0]
     with pytest.raises(SessionsNotSaved, match=r"1 sessions could not be saved .* move the file"):
         saver.close()
@@ -113,20 +108,3 @@ def test_only_old_temporary_session_files_are_tidied(tmp_path):
     os.utime(other, (time.time() - 3600,) * 2)
     assert tidy_parts(tmp_path) == 1
     assert not old.exists() and fresh.exists() and other.exists()
-
-
-def test_save_never_waits_for_the_disk(tmp_path, monkeypatch):
-    """The sending thread hands a session over at a seam; a slow write must not hold it up."""
-    real = Session.write
-
-    def slow_write(s, path, bpm):
-        time.sleep(0.5)
-        return real(s, path, bpm)
-
-    monkeypatch.setattr(Session, "write", slow_write)
-    saver = saver_in(tmp_path, [])
-    t0 = time.monotonic()
-    for i in range(3):
-        saver.save(session(i))
-    assert time.monotonic() - t0 < 0.05
-    assert [p.name for p in saver.close()] == [f"session-{i:04d}.mid" for i in range(3)]
