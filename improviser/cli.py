@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -361,6 +362,28 @@ def _live_generator(checkpoint: Optional[Path], temperature: float, stability: i
     return gen
 
 
+@contextlib.contextmanager
+def _live(port, checkpoint: Optional[Path], temperature: float, stability: int, seed: Optional[int],
+          prime: Optional[Path], api: Optional[str], input_name: Optional[str], mode: Optional[str],
+          respond_after: float, cc: Optional[list[str]], sync: str):
+    """The generator and engine options for record/play; afterwards closes the input and ``port``
+    (which may be None) and, if the run ended normally, says what was heard."""
+    listener = None
+    try:
+        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
+        engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
+        yield gen, ({"engine_class": engine} if engine else {})
+    finally:
+        if listener is not None:
+            listener.close()
+        if port is not None:
+            port.close()
+    if listener is not None:
+        from .listen import listening_summary
+
+        typer.echo(listening_summary(listener), err=True)
+
+
 def _open_output(api: Optional[str], output: Optional[str]):
     """A virtual output port, or (--output NAME) a connection that comes back when that program restarts."""
     from .ports import open_output
@@ -418,22 +441,11 @@ def record(
             raise  # nothing to listen on: say what to install
         _warn(f"{e} -- writing {out} without playing it")
         port = None
-    listener = None
-    try:
-        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
-        engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
+    with _live(port, checkpoint, temperature, stability, seed, prime, api, input_name, mode, respond_after, cc,
+               sync) as (gen, engine):
         if port is not None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
-        result = run_record(gen, out, seconds, bpm, port, warn=_warn, **({"engine_class": engine} if engine else {}))
-    finally:
-        if listener is not None:
-            listener.close()
-        if port is not None:
-            port.close()
-    if listener is not None:
-        from .listen import listening_summary
-
-        typer.echo(listening_summary(listener), err=True)
+        result = run_record(gen, out, seconds, bpm, port, warn=_warn, **engine)
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
     typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
@@ -480,32 +492,22 @@ def play(
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
     port = _open_output(api, output)  # no MIDI system: a PortError saying what to install
-    listener = None
-    try:
-        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
-        engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
+
+    def written(path: Path, session) -> None:
+        typer.echo(f"wrote {path} ({session.length:.1f} s, {len(session.notes())} notes)", err=True)
+        if plot_sessions and (session.notes() or session.notes("player")):
+            from .plot import plot_session
+
+            try:  # a picture that cannot be drawn must never stop the music
+                plot_session(path, path.with_suffix(".png"))
+            except Exception as e:  # noqa: BLE001
+                _warn(f"could not draw {path.with_suffix('.png')}: {e}")
+
+    with _live(port, checkpoint, temperature, stability, seed, prime, api, input_name, mode, respond_after, cc,
+               sync) as (gen, engine):
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
-        def written(path: Path, session) -> None:
-            typer.echo(f"wrote {path} ({session.length:.1f} s, {len(session.notes())} notes)", err=True)
-            if plot_sessions and (session.notes() or session.notes("player")):
-                from .plot import plot_session
-
-                try:  # a picture that cannot be drawn must never stop the music
-                    plot_session(path, path.with_suffix(".png"))
-                except Exception as e:  # noqa: BLE001
-                    _warn(f"could not draw {path.with_suffix('.png')}: {e}")
-
-        result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn, on_written=written,
-                          **({"engine_class": engine} if engine else {}))
-    finally:
-        if listener is not None:
-            listener.close()
-        port.close()
-    if listener is not None:
-        from .listen import listening_summary
-
-        typer.echo(listening_summary(listener), err=True)
+        result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn, on_written=written, **engine)
     typer.echo(f"stopped after {len(result.paths)} sessions; {_timing_line(result)}", err=True)
 
 

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encoding import N_MIDI
 from .errors import CheckpointError
 
 CHECKPOINT_FORMAT = "improviser-checkpoint"
@@ -316,5 +315,3 @@ def default_checkpoint() -> Path:
         return Path(env)
     return Path(__file__).resolve().parent.parent / "checkpoints" / "bach.pt"
 
-
-assert N_MIDI == 128

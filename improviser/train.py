@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -253,6 +252,3 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     return {"best_val_loss": best, "epochs": epoch, "n_params": model.n_params(), "rank": rank, "world": world,
             "seconds": time.monotonic() - t0, "model": model, "ranks_identical": identical}
 
-
-if __name__ == "__main__":  # pragma: no cover - convenience for `python -m improviser.train`
-    sys.exit("use `improviser train` (or `python -m improviser train`)")
