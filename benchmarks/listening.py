@@ -22,19 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import numpy as np
-
-PERIOD = 32
-RATE = 48000
+from jackrig import PERIOD, RATE, jack_server  # noqa: E402 (benchmarks run as scripts from this folder)
 
 
 def main() -> None:
@@ -50,36 +45,25 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
-    if not shutil.which("jackd"):
-        sys.exit("jackd not found: install JACK (Debian/Ubuntu: apt-get install jackd2)")
-    name = f"improviser-listen-{uuid.uuid4().hex[:6]}"
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", str(RATE),
-                               "-p", str(PERIOD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ports = []
-    try:
-        for _ in range(100):
-            if subprocess.run(["jack_lsp"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
-        import mido
+    with jack_server("improviser-listen"):
+        ports = []
+        try:
+            import mido
 
-        backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
-        received: list[tuple[float, list[int]]] = []
-        # The callback only timestamps and appends: it runs on JACK's thread.
-        ports.append(backend.open_input("monitor", client_name="lbench",
-                                        callback=lambda m: received.append((time.monotonic(), m.bytes()))))
-        player = backend.open_output("out", client_name="lkeys")
-        ports.append(player)
-        reaction = run_reaction(args, player, mido)
-        received.clear()
-        clock = run_clock(args, player, mido, received)
-        report(args, reaction, clock)
-    finally:
-        for p in ports:
-            p.close()  # before the server goes, or rtmidi crashes at exit
-        server.terminate()
-        server.wait()
+            backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
+            received: list[tuple[float, list[int]]] = []
+            # The callback only timestamps and appends: it runs on JACK's thread.
+            ports.append(backend.open_input("monitor", client_name="lbench",
+                                            callback=lambda m: received.append((time.monotonic(), m.bytes()))))
+            player = backend.open_output("out", client_name="lkeys")
+            ports.append(player)
+            reaction = run_reaction(args, player, mido)
+            received.clear()
+            clock = run_clock(args, player, mido, received)
+            report(args, reaction, clock)
+        finally:
+            for p in ports:
+                p.close()  # before the server goes, or rtmidi crashes at exit
 
 
 def start_child(args, kind: str) -> subprocess.Popen:

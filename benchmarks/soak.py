@@ -20,19 +20,13 @@ sysex and clock; SIGTERM at the end. Prints:
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
+from jackrig import PERIOD, RATE, jack_server  # noqa: E402 (benchmarks run as scripts from this folder)
 
-PERIOD = 32
-RATE = 48000
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 
 
@@ -41,32 +35,18 @@ def main() -> None:
     ap.add_argument("seconds", nargs="?", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()
-    if not shutil.which("jackd"):
-        sys.exit("jackd not found: install JACK (Debian/Ubuntu: apt-get install jackd2)")
     sys.path.insert(0, str(TESTS))
     from conftest import Monitor
     from test_soak import BPM, SESSION_SECONDS, first_difference, soak
 
-    name = f"improviser-soak-{uuid.uuid4().hex[:6]}"
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    # Its output to /dev/null, never a pipe nobody reads: under load jackd logs every xrun.
-    server = subprocess.Popen(["jackd", "-n", name, "--no-realtime", "-S", "-d", "dummy", "-r", str(RATE),
-                               "-p", str(PERIOD)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    monitor = None
-    try:
-        for _ in range(100):
-            if subprocess.run(["jack_lsp"], capture_output=True).returncode == 0:
-                break
-            time.sleep(0.1)
+    with jack_server("improviser-soak"):
         monitor = Monitor()
-        with tempfile.TemporaryDirectory() as folder:
-            r = soak(monitor, Path(folder) / "sessions", args.seconds, args.seed)
-            report(args, r, BPM, SESSION_SECONDS, first_difference)
-    finally:
-        if monitor is not None:
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                r = soak(monitor, Path(folder) / "sessions", args.seconds, args.seed)
+                report(args, r, BPM, SESSION_SECONDS, first_difference)
+        finally:
             monitor.close()  # before the server goes, or rtmidi crashes at exit
-        server.terminate()
-        server.wait()
 
 
 def report(args, r: dict, bpm: float, session_seconds: float, first_difference) -> None:

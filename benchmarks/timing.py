@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
-import uuid
 
 import numpy as np
-
-PERIOD = 32
-RATE = 48000
+from jackrig import PERIOD, RATE, jack_server  # noqa: E402 (benchmarks run as scripts from this folder)
 
 
 def main() -> None:
@@ -50,18 +45,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return play_child(args)
-    if not shutil.which("jackd"):
-        sys.exit("jackd not found: install JACK (Debian/Ubuntu: apt-get install jackd2)")
-
-    name = f"improviser-bench-{uuid.uuid4().hex[:6]}"
-    os.environ["JACK_DEFAULT_SERVER"] = name
-    rt = "-R" if args.jack_realtime else "--no-realtime"
-    # -S: synchronous, so a late client delays the cycle instead of getting its MIDI garbled (see tests/conftest.py)
-    server = subprocess.Popen(["jackd", "-n", name, rt, "-S", "-d", "dummy", "-r", str(RATE), "-p", str(PERIOD)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    monitor = None
-    try:
-        wait_for_jack()
+    with jack_server("improviser-bench", args.jack_realtime):
         import mido
 
         received: list[tuple[float, list[int]]] = []
@@ -69,31 +53,21 @@ def main() -> None:
         # The callback only timestamps and appends: it runs on JACK's thread.
         monitor = backend.open_input("monitor", client_name="bench",
                                      callback=lambda m: received.append((time.monotonic(), m.bytes())))
-        idle_s = min(args.seconds, 10.0)
-        cmd = [sys.executable, __file__, str(idle_s), "--child", "idle", "--port", "bench:monitor"]
-        idle = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-        results = {"idle_cpu": 100 * idle["cpu"] / idle_s}
-        for kind in ("engine", "naive"):
-            received.clear()
-            cmd = [sys.executable, __file__, str(args.seconds), "--bpm", str(args.bpm), "--child", kind,
-                   "--port", "bench:monitor"] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            time.sleep(0.1)  # the last messages are on their way
-            results[kind] = analyse(json.loads(out), list(received))
-        report(args, results)
-    finally:
-        if monitor is not None:
+        try:
+            idle_s = min(args.seconds, 10.0)
+            cmd = [sys.executable, __file__, str(idle_s), "--child", "idle", "--port", "bench:monitor"]
+            idle = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            results = {"idle_cpu": 100 * idle["cpu"] / idle_s}
+            for kind in ("engine", "naive"):
+                received.clear()
+                cmd = [sys.executable, __file__, str(args.seconds), "--bpm", str(args.bpm), "--child", kind,
+                       "--port", "bench:monitor"] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                time.sleep(0.1)  # the last messages are on their way
+                results[kind] = analyse(json.loads(out), list(received))
+            report(args, results)
+        finally:
             monitor.close()  # before the server goes, or rtmidi crashes at exit
-        server.terminate()
-        server.wait()
-
-
-def wait_for_jack() -> None:
-    for _ in range(100):
-        if subprocess.run(["jack_lsp"], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.1)
-    sys.exit("jackd did not start")
 
 
 # ---- the players (child processes) ---------------------------------------------------------------
