@@ -194,34 +194,30 @@ def train(
         # over all 88-key frames.
         model_cfg = ModelConfig(low=36, n_pitches=67, hidden=hidden or 256, layers=layers, dropout=dropout,
                                 bar_slots=4, steps_per_beat=1, states=2, head=head, nade_hidden=nade_hidden)
-        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=64)
-        summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,
-                            description=f"JSB Chorales {jsb.name}, train split ({len(train_p)} pieces), "
-                                        "transposed to 12 keys", log=lambda s: typer.echo(s, err=True))
-        if summary["rank"] == 0:
-            typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/frame; wrote {out}", err=True)
-        return
-    pieces = []
-    description = []
-    if corpus:
-        pieces += load_bach_chorales(limit=limit)
-        description.append(f"music21 Bach chorales ({len(pieces)} pieces)")
-    if data:
-        mine = load_midi_files(data)[:limit]
-        pieces += mine
-        description.append(f"{len(mine)} MIDI files")
-    train_p, valid_p = split(pieces)
-    from .model import default_size
+        seq_len, unit = 64, "frame"
+        description = f"JSB Chorales {jsb.name}, train split ({len(train_p)} pieces)"
+    else:
+        from .model import default_size
 
-    n_steps = sum(p.n_steps for p in train_p)
-    model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout,
-                            head=head, nade_hidden=nade_hidden)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed)
+        pieces, sources = [], []
+        if corpus:
+            pieces += load_bach_chorales(limit=limit)
+            sources.append(f"music21 Bach chorales ({len(pieces)} pieces)")
+        if data:
+            mine = load_midi_files(data)[:limit]
+            pieces += mine
+            sources.append(f"{len(mine)} MIDI files")
+        train_p, valid_p = split(pieces)
+        n_steps = sum(p.n_steps for p in train_p)
+        model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout,
+                                head=head, nade_hidden=nade_hidden)
+        seq_len, unit = TrainConfig.seq_len, "step"
+        description = " + ".join(sources)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=seq_len)
     summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,
-                        description=" + ".join(description) + ", transposed to 12 keys",
-                        log=lambda s: typer.echo(s, err=True))
+                        description=description + ", transposed to 12 keys", log=lambda s: typer.echo(s, err=True))
     if summary["rank"] == 0:
-        typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/step; wrote {out}", err=True)
+        typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/{unit}; wrote {out}", err=True)
 
 
 @app.command()
