@@ -153,6 +153,12 @@ def train(
     patience: int = typer.Option(6, "--patience", help="Stop after this many epochs without improvement."),
     seed: int = typer.Option(0, "--seed", help="Random seed for initialisation, shuffling and augmentation."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N pieces (quick trials)."),
+    listening: Optional[bool] = typer.Option(None, "--listening/--no-listening",
+                                             help="A model that hears the player apart from itself, with a key "
+                                             "memory, trained to answer and to accompany one part (default: on "
+                                             "for --corpus bach-chorales, whose parts it needs)."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start a listening model from a "
+                                             "non-listening checkpoint of the same size."),
 ) -> None:
     """Train a model on MIDI files/folders or on the Bach chorales, keeping the best checkpoint.
 
@@ -199,9 +205,13 @@ def train(
     else:
         from .model import default_size
 
+        listening = bool(corpus) and not data if listening is None else listening
+        if listening and (data or not corpus):
+            raise ImproviserError("--listening trains on pieces that keep their parts: use --corpus bach-chorales "
+                                  "(without MIDI files), or --no-listening")
         pieces, sources = [], []
         if corpus:
-            pieces += load_bach_chorales(limit=limit)
+            pieces += load_bach_chorales(limit=limit, voices=listening)
             sources.append(f"music21 Bach chorales ({len(pieces)} pieces)")
         if data:
             mine = load_midi_files(data)[:limit]
@@ -210,12 +220,13 @@ def train(
         train_p, valid_p = split(pieces)
         n_steps = sum(p.n_steps for p in train_p)
         model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout,
-                                head=head, nade_hidden=nade_hidden)
+                                head=head, nade_hidden=nade_hidden, player_input=listening, key_memory=listening)
         seq_len, unit = TrainConfig.seq_len, "step"
         description = " + ".join(sources)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=seq_len)
     summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,
-                        description=description + ", transposed to 12 keys", log=lambda s: typer.echo(s, err=True))
+                        description=description + ", transposed to 12 keys", log=lambda s: typer.echo(s, err=True),
+                        init_from=str(init_from) if init_from else None)
     if summary["rank"] == 0:
         typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/{unit}; wrote {out}", err=True)
 

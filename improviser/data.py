@@ -34,6 +34,22 @@ class Piece:
         return self._grid if self._grid is not None else _arrays_to_grid(self._arrays)
 
     @property
+    def voices(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """(onset, sound) bool (T, 128) per part, highest part first; None if the piece does not keep its parts."""
+        if not self.has_voices:
+            return None
+        notes, n = self._arrays["notes"], int(self._arrays["n_steps"])
+        out = []
+        for v in range(int(notes[:, 4].max()) + 1):
+            mine = notes[notes[:, 4] == v]
+            out.append(notes_to_grid(mine[:, 0], mine[:, 1], mine[:, 2], n)[:2])
+        return out
+
+    @property
+    def has_voices(self) -> bool:
+        return self._arrays is not None and self._arrays["notes"].shape[1] == 5
+
+    @property
     def n_steps(self) -> int:
         return len(self._grid) if self._grid is not None else int(self._arrays["n_steps"])
 
@@ -164,6 +180,44 @@ def parse_chorale(path: str | os.PathLike, steps_per_beat: int = STEPS_PER_BEAT)
     return Grid(onset, sound, steps_per_beat, beats_per_bar, 100.0, None, bar_start)
 
 
+def parse_chorale_voices(path: str | os.PathLike, steps_per_beat: int = STEPS_PER_BEAT) -> dict | None:
+    """One music21 score -> its notes by part: {"notes": int (N, 5) pitch, start, end, velocity, voice; "n_steps";
+    "meta": [steps_per_beat, beats_per_bar, bar_start]; "bpm"}. Voice 0 is the highest part (soprano),
+    parts ranked by mean pitch. None if unusable."""
+    from music21 import converter, meter
+
+    score = converter.parse(str(path)).stripTies()
+    parts = []
+    for part in score.parts:
+        notes = []
+        for el in part.flatten().notes:
+            start = float(el.offset) * steps_per_beat
+            end = start + float(el.duration.quarterLength) * steps_per_beat
+            for p in el.pitches:
+                notes.append((p.midi, round(start), round(end)))
+        if notes:
+            parts.append(np.array(notes, np.int64))
+    if not parts:
+        return None
+    parts.sort(key=lambda a: -a[:, 0].mean())
+    notes = np.concatenate([np.column_stack([a, np.full(len(a), 80), np.full(len(a), v)]) for v, a in enumerate(parts)])
+    ts = next(iter(score.recurse().getElementsByClass(meter.TimeSignature)), None)
+    beats_per_bar = ts.numerator if ts is not None and ts.denominator == 4 and 2 <= ts.numerator <= 8 else 4
+    first = next(iter(score.parts[0].getElementsByClass("Measure")), None) if score.parts else None
+    pad = float(first.paddingLeft) if first is not None else 0.0
+    bar_start = round(pad * steps_per_beat) % (beats_per_bar * steps_per_beat)
+    return {"notes": notes.astype(np.int32), "n_steps": np.int64(max(1, int(notes[:, 2].max()))),
+            "meta": np.array([steps_per_beat, beats_per_bar, bar_start], np.int64), "bpm": np.float64(100.0)}
+
+
+def _parse_voices_one(args) -> tuple[str, dict | None]:
+    path, spb = args
+    try:
+        return str(path), parse_chorale_voices(path, spb)
+    except Exception:
+        return str(path), None
+
+
 def _parse_one(args) -> tuple[str, dict | None]:
     path, spb = args
     try:
@@ -174,13 +228,18 @@ def _parse_one(args) -> tuple[str, dict | None]:
 
 
 def load_bach_chorales(steps_per_beat: int = STEPS_PER_BEAT, progress: bool = True,
-                       limit: int | None = None) -> list[Piece]:
-    """All the Bach chorales of the music21 corpus, parsed in parallel once and cached."""
+                       limit: int | None = None, voices: bool = False) -> list[Piece]:
+    """All the Bach chorales of the music21 corpus, parsed in parallel once and cached.
+
+    voices: keep which part (soprano 0 .. bass 3) plays each note (``Piece.voices``), for
+    training a listening model, where one part is the player's.
+    """
     from tqdm import tqdm
 
     paths = _chorale_paths()[:limit]
     key = hashlib.sha1("\n".join(p.name for p in paths).encode()).hexdigest()[:12]
-    cached = cache_dir() / f"bach-chorales-{key}-{steps_per_beat}-v{CACHE_VERSION}.npz"
+    kind = "bach-voices" if voices else "bach-chorales"
+    cached = cache_dir() / f"{kind}-{key}-{steps_per_beat}-v{CACHE_VERSION}.npz"
     if cached.is_file():
         with np.load(cached, allow_pickle=False) as a:
             names = a["names"].tolist()
@@ -192,7 +251,8 @@ def load_bach_chorales(steps_per_beat: int = STEPS_PER_BEAT, progress: bool = Tr
             return [Piece(n, arrays=by_piece[str(i)]) for i, n in enumerate(names)]
     results = []
     with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-        jobs = pool.map(_parse_one, [(p, steps_per_beat) for p in paths], chunksize=4)
+        jobs = pool.map(_parse_voices_one if voices else _parse_one, [(p, steps_per_beat) for p in paths],
+                        chunksize=4)
         for r in tqdm(jobs, total=len(paths), desc="parsing Bach chorales", unit="chorale", disable=not progress):
             results.append(r)
     usable = [(Path(n).stem, arr) for n, arr in results if arr is not None]

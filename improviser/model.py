@@ -7,6 +7,12 @@ range, one of three states: 0 = silent, 1 = held on from the previous step,
 lengths and re-struck notes. (A two-state model, silent/sounding, is used for
 the JSB Chorales benchmark, whose frames carry no onsets.)
 
+A *listening* model (``player_input``, ``key_memory`` in its config) reads three
+more things: the player's notes of the previous step as their own input, apart
+from what it played itself, and a key memory -- the pitch classes of every note
+struck by either, decayed only when notes are struck, so silence never fades it
+(``KeyMemory``; the same code computes it in training and live).
+
 Two output heads:
 - ``independent``: every pitch's state from the LSTM state alone;
 - ``nade``: the pitches of a step modelled jointly, low to high, each one
@@ -47,10 +53,22 @@ class ModelConfig:
     states: int = 3  # 3: off/hold/onset per pitch; 2: off/sounding (frames without onsets)
     head: str = "independent"  # or "nade": the pitches of a step modelled jointly
     nade_hidden: int = 64
+    player_input: bool = False  # the player's last frame as its own input (else merged into the model's own)
+    key_memory: bool = False  # a 12-pitch-class memory of everything struck, plus how full it is
 
     @property
     def n_inputs(self) -> int:
-        return 2 * self.n_pitches + self.bar_slots  # onset + sound of the last frame, bar position
+        n = 2 * self.n_pitches + self.bar_slots  # onset + sound of its own last frame, bar position
+        if self.player_input:
+            n += 2 * self.n_pitches  # onset + sound of the player's last frame
+        if self.key_memory:
+            n += KEY_FEATURES
+        return n
+
+    @property
+    def listens(self) -> bool:
+        """True for a model trained to tell the player's notes from its own."""
+        return self.player_input
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
@@ -65,19 +83,92 @@ class ModelConfig:
         return cfg
 
 
-def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig) -> np.ndarray:
+KEY_FEATURES = 13  # 12 pitch-class shares + how full the memory is
+KEY_DECAY = 0.97  # per step on which anything is struck: ~4 bars of chorale, ~2-4 bars of a tune
+
+
+class KeyMemory:
+    """A running pitch-class memory of every note struck, by the player or the model.
+
+    Each step on which notes are struck first decays the memory by KEY_DECAY, then
+    adds one per struck note to its pitch class; a silent step changes nothing, so
+    the sense of key does not fade while nobody plays. ``features()`` is what the
+    model reads: the 12 shares (summing to 1) and how full the memory is (0..1).
+    A pinned memory (``pin``) ignores what is struck: ``--key "D minor"``.
+    """
+
+    def __init__(self):
+        self.counts = np.zeros(12, np.float64)
+        self.pinned: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.counts[:] = 0.0
+
+    def pin(self, shares: np.ndarray | None) -> None:
+        self.pinned = None if shares is None else np.asarray(shares, np.float64) / max(float(np.sum(shares)), 1e-12)
+
+    def strike(self, onset: np.ndarray) -> None:
+        """onset: bool (128,), the notes struck at one step."""
+        if onset.any():
+            self.counts *= KEY_DECAY
+            self.counts += np.bincount(np.flatnonzero(onset) % 12, minlength=12)
+
+    def features(self) -> np.ndarray:
+        if self.pinned is not None:
+            return np.append(self.pinned, 1.0).astype(np.float32)
+        return _key_features(self.counts)
+
+    @staticmethod
+    def sequence(onset: np.ndarray) -> np.ndarray:
+        """The features *before* each step of a run: onset bool (T, 128) -> float32 (T, KEY_FEATURES)."""
+        mem = KeyMemory()
+        out = np.zeros((len(onset), KEY_FEATURES), np.float32)
+        struck = onset.any(axis=1)
+        for t in range(len(onset)):
+            out[t] = _key_features(mem.counts)
+            if struck[t]:
+                mem.strike(onset[t])
+        return out
+
+
+def _key_features(counts: np.ndarray) -> np.ndarray:
+    total = float(counts.sum())
+    out = np.zeros(KEY_FEATURES, np.float32)
+    if total > 0:
+        out[:12] = counts / total
+        out[12] = min(1.0, total / 8.0)  # eight notes heard make a full memory
+    return out
+
+
+def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig,
+                   player_onset: np.ndarray | None = None, player_sound: np.ndarray | None = None,
+                   memory: np.ndarray | None = None) -> np.ndarray:
     """Model inputs for a run of steps.
 
-    onset, sound: bool (T, 128), the frame *before* each predicted step.
+    onset, sound: bool (T, 128), the model's own frame *before* each predicted step.
     bar_pos: int (T,), the position of each predicted step within its bar.
+    player_onset, player_sound: bool (T, 128), the player's frame before each step
+        (a listening model only; None = the player was silent).
+    memory: float32 (T, KEY_FEATURES), the key memory before each step (key-memory models only).
     Returns float32 (T, n_inputs).
     """
     hi = cfg.low + cfg.n_pitches
+    n = cfg.n_pitches
     t = onset.shape[0]
     x = np.zeros((t, cfg.n_inputs), np.float32)
-    x[:, : cfg.n_pitches] = onset[:, cfg.low:hi]
-    x[:, cfg.n_pitches: 2 * cfg.n_pitches] = sound[:, cfg.low:hi]
-    x[np.arange(t), 2 * cfg.n_pitches + bar_pos % cfg.bar_slots] = 1.0
+    x[:, :n] = onset[:, cfg.low:hi]
+    x[:, n: 2 * n] = sound[:, cfg.low:hi]
+    x[np.arange(t), 2 * n + bar_pos % cfg.bar_slots] = 1.0
+    col = 2 * n + cfg.bar_slots
+    if cfg.player_input:
+        if player_onset is not None:
+            x[:, col: col + n] = player_onset[:, cfg.low:hi]
+            x[:, col + n: col + 2 * n] = player_sound[:, cfg.low:hi]
+        col += 2 * n
+    if cfg.key_memory:
+        if memory is not None:
+            x[:, col: col + KEY_FEATURES] = memory
+        col += KEY_FEATURES
     return x
 
 
@@ -241,6 +332,30 @@ def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndar
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (np.tanh(0.5 * z) + 1.0)  # overflow-free form of 1 / (1 + e^-z)
+
+
+def widen(old: BachLSTM, cfg: ModelConfig) -> BachLSTM:
+    """A listening model that starts as ``old``: same sizes, the new inputs added to its first layer.
+
+    The player's frame starts with the weights of the model's own frame (the old model heard the
+    player merged into its own frame, so the new one first behaves as the old one did); the key
+    memory starts at zero weight. Training then tells the two apart.
+    """
+    oc = old.cfg
+    same = ("low", "n_pitches", "hidden", "layers", "bar_slots", "states", "head", "nade_hidden")
+    if oc.listens or any(getattr(oc, f) != getattr(cfg, f) for f in same):
+        raise CheckpointError("can only widen a non-listening model of the same size into a listening one")
+    new = BachLSTM(cfg)
+    state = {k: v.clone() for k, v in old.state_dict().items()}
+    w_old = state["lstm.weight_ih_l0"]  # (4h, 2n + bar_slots)
+    n, old_in = cfg.n_pitches, oc.n_inputs
+    w = torch.zeros(w_old.shape[0], cfg.n_inputs)
+    w[:, :old_in] = w_old
+    if cfg.player_input:
+        w[:, old_in: old_in + 2 * n] = w_old[:, : 2 * n]
+    state["lstm.weight_ih_l0"] = w
+    new.load_state_dict(state)
+    return new
 
 
 def default_size(n_train_steps: int, layers: int = 2) -> int:

@@ -21,6 +21,7 @@ from .encoding import Grid
 from .errors import DataError
 from .model import (
     BachLSTM,
+    KeyMemory,
     ModelConfig,
     default_size,
     frame_features,
@@ -55,31 +56,143 @@ def piece_arrays(grid: Grid, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     return frame_features(prev_on, prev_snd, grid.bar_positions(), cfg), frame_targets(grid.onset, grid.sound, cfg)
 
 
+# ---- a listening model: who plays what -----------------------------------------------------------
+#
+# A chorale is cut into segments, each given one of the roles the model has on stage:
+#   listen    -- the player plays (one part, most often the soprano, or all four) while the model is
+#                silent: its own input is silence and nothing is scored; then a few steps of silence
+#                from both, as in call and response before the answer;
+#   play      -- the model plays all the parts, the player is silent (answering, or playing alone);
+#   accompany -- the player plays one part at its own rhythm and the model plays the others.
+# The key memory is computed from everything struck by either, as it is live.
+
+ROLES = ("listen", "play", "accompany")
+ROLE_P = (0.35, 0.30, 0.35)
+SEGMENT_STEPS = (16, 96)  # a segment lasts 1..6 bars of 4/4
+ANSWER_GAP = (0, 12)  # silent steps between a phrase and its answer (respond mode waits 2 beats, a primer none)
+
+
+def _with_onsets(onset: np.ndarray, sound: np.ndarray) -> np.ndarray:
+    """Onsets where a pitch starts sounding without one (a part cut in at a segment boundary)."""
+    prev = np.vstack([np.zeros((1, sound.shape[1]), bool), sound[:-1]])
+    return onset | (sound & ~prev)
+
+
+def role_grids(voices: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Give the parts of a piece to the player and the model, segment by segment.
+
+    voices: (onset, sound) bool (T, 128) per part, highest first.
+    Returns own_onset, own_sound, player_onset, player_sound (bool (T, 128)) and the mask (float32 (T,)):
+    1 where the model's frame is scored.
+    """
+    t_len = voices[0][0].shape[0]
+    own_on, own_snd = np.zeros((t_len, 128), bool), np.zeros((t_len, 128), bool)
+    pl_on, pl_snd = np.zeros((t_len, 128), bool), np.zeros((t_len, 128), bool)
+    mask = np.zeros(t_len, np.float32)
+    four = len(voices) == 4  # with more parts (instruments doubling a voice) accompaniment would double the tune
+    s = 0
+    while s < t_len:
+        e = min(t_len, s + int(rng.integers(SEGMENT_STEPS[0], SEGMENT_STEPS[1] + 1)))
+        role = ROLES[rng.choice(3, p=ROLE_P)]
+        if role == "accompany" and not four:
+            role = "play"
+        player = 0 if rng.random() < 0.6 else int(rng.integers(0, len(voices)))
+        if role == "listen":
+            parts = range(len(voices)) if rng.random() < 0.2 else [player]
+            for v in parts:
+                pl_on[s:e] |= voices[v][0][s:e]
+                pl_snd[s:e] |= voices[v][1][s:e]
+            gap = int(rng.integers(ANSWER_GAP[0], ANSWER_GAP[1] + 1))
+            s = min(t_len, e + gap)  # the gap: both silent, not scored
+            continue
+        for v in range(len(voices)):
+            if role == "accompany" and v == player:
+                pl_on[s:e] |= voices[v][0][s:e]
+                pl_snd[s:e] |= voices[v][1][s:e]
+            else:
+                own_on[s:e] |= voices[v][0][s:e]
+                own_snd[s:e] |= voices[v][1][s:e]
+        mask[s:e] = 1.0
+        s = e
+    return _with_onsets(own_on, own_snd), own_snd, _with_onsets(pl_on, pl_snd), pl_snd, mask
+
+
+def listening_arrays(voices: list[tuple[np.ndarray, np.ndarray]], bar_pos: np.ndarray, cfg: ModelConfig,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs (T, n_inputs), targets (T, n_pitches) and mask (T,) of a piece for a listening model."""
+    own_on, own_snd, pl_on, pl_snd, mask = role_grids(voices, rng)
+
+    def before(a):  # the frame before each step
+        return np.vstack([np.zeros((1, a.shape[1]), a.dtype), a[:-1]])
+
+    memory = KeyMemory.sequence(own_on | pl_on) if cfg.key_memory else None
+    x = frame_features(before(own_on), before(own_snd), bar_pos, cfg, before(pl_on), before(pl_snd), memory)
+    return x, frame_targets(own_on, own_snd, cfg), mask
+
+
+def _shift_voices(voices, semitones: int):
+    return [(np.roll(on, semitones, axis=1), np.roll(snd, semitones, axis=1)) for on, snd in voices]
+
+
+def key_profiles(pieces: list) -> dict:
+    """What the key memory holds, on average, in a major and in a minor key, tonic first: {"major": [12], ...}.
+
+    ``--key "D minor"`` pins the memory to the minor profile turned to D. Each piece's key is
+    estimated from all its notes (Krumhansl-Schmuckler).
+    """
+    from .analysis import estimate_key
+
+    sums = {"major": np.zeros(12), "minor": np.zeros(12)}
+    for p in pieces:
+        g = p if isinstance(p, Grid) else p.grid
+        if not g.onset.any():
+            continue
+        tonic, mode, _ = estimate_key(g)
+        mem = KeyMemory.sequence(g.onset)[:, :12]
+        sums[mode] += np.roll(mem.sum(axis=0), -tonic)
+    return {m: (v / max(v.sum(), 1e-12)).round(5).tolist() for m, v in sums.items()}
+
+
 def fits(grid: Grid, cfg: ModelConfig) -> bool:
     used = np.flatnonzero(grid.sound.any(axis=0))
     return used.size > 0 and used[0] >= cfg.low and used[-1] < cfg.low + cfg.n_pitches
 
 
-def make_windows(pieces: list[Grid], cfg: ModelConfig, seq_len: int, rng: np.random.Generator | None,
+def make_windows(pieces: list, cfg: ModelConfig, seq_len: int, rng: np.random.Generator | None,
                  transpose: int = 0, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut pieces into windows of seq_len steps -> X (N, L, F), Y (N, L, P), mask (N, L).
+    """Cut pieces (Grids, or Pieces) into windows of seq_len steps -> X (N, L, F), Y (N, L, P), mask (N, L).
 
     With an rng, each copy of a piece is shifted by a random transposition that
     keeps it in the model's range, and the windows start at a random offset.
+    A listening model needs Pieces that keep their parts; each copy gets its own roles.
     """
     xs, ys, ms = [], [], []
-    for grid in pieces:
+    for piece in pieces:
+        grid = piece if isinstance(piece, Grid) else piece.grid
+        voices = None
+        if cfg.listens:
+            voices = None if isinstance(piece, Grid) else piece.voices
+            if voices is None:
+                raise DataError("a listening model trains on pieces that keep their parts (soprano .. bass): "
+                                "train it with --corpus bach-chorales")
         for _ in range(copies):
-            g = grid
+            g, shift = grid, 0
             if rng is not None and transpose:
                 for _try in range(4):
-                    shifted = grid.transpose(int(rng.integers(-transpose + 1, transpose + 1)))
+                    k = int(rng.integers(-transpose + 1, transpose + 1))
+                    shifted = grid.transpose(k)
                     if shifted is not None and fits(shifted, cfg):
-                        g = shifted
+                        g, shift = shifted, k
                         break
             if not fits(g, cfg):
                 continue
-            x, y = piece_arrays(g, cfg)
+            if voices is not None:
+                x, y, mk = listening_arrays(_shift_voices(voices, shift), g.bar_positions(), cfg,
+                                            rng if rng is not None else np.random.default_rng(0))
+            else:
+                x, y = piece_arrays(g, cfg)
+                mk = np.ones(len(g), np.float32)
             offset = int(rng.integers(0, seq_len)) if rng is not None and len(g) > seq_len else 0
             # Windows tile the piece without overlap; the first one is shortened by a random
             # offset so the cuts fall at a different place every epoch.
@@ -91,7 +204,9 @@ def make_windows(pieces: list[Grid], cfg: ModelConfig, seq_len: int, rng: np.ran
                 xw = np.zeros((seq_len, x.shape[1]), np.float32)
                 yw = np.zeros((seq_len, y.shape[1]), np.int64)
                 mw = np.zeros(seq_len, np.float32)
-                xw[:n], yw[:n], mw[:n] = x[s:s + n], y[s:s + n], 1.0
+                xw[:n], yw[:n], mw[:n] = x[s:s + n], y[s:s + n], mk[s:s + n]
+                if not mw.any():
+                    continue
                 xs.append(xw)
                 ys.append(yw)
                 ms.append(mw)
@@ -111,12 +226,18 @@ def validate(model: BachLSTM, pieces: list) -> float:
     """Mean nats per step over whole validation pieces (Pieces or Grids), untransposed, from a silent start."""
     model.eval()
     total, steps = 0.0, 0.0
-    for piece in pieces:
+    for i, piece in enumerate(pieces):
         g = piece if isinstance(piece, Grid) else piece.grid
         if not fits(g, model.cfg):
             continue
-        x, y = piece_arrays(g, model.cfg)
-        loss, n = window_loss(model, torch.from_numpy(x)[None], torch.from_numpy(y)[None], torch.ones(1, len(g)))
+        if model.cfg.listens:
+            # The same roles every epoch: a fixed seed per piece.
+            x, y, mk = listening_arrays(piece.voices, g.bar_positions(), model.cfg, np.random.default_rng(i))
+        else:
+            x, y = piece_arrays(g, model.cfg)
+            mk = np.ones(len(g), np.float32)
+        loss, n = window_loss(model, torch.from_numpy(x)[None], torch.from_numpy(y)[None],
+                              torch.from_numpy(mk)[None])
         total += float(loss) * n
         steps += n
     model.train()
@@ -136,7 +257,7 @@ def _ddp() -> tuple[int, int]:
 
 def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.PathLike,
           model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, resume: str | None = None,
-          description: str = "", progress: bool = True, log=print) -> dict:
+          description: str = "", progress: bool = True, log=print, init_from: str | None = None) -> dict:
     """Train and write the best checkpoint (by validation loss) to ``out``; ``out``.last.pt holds the last state.
 
     Returns a summary dict (best validation loss, epochs run, parameter count, ...).
@@ -150,6 +271,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     n_train_steps = sum(p.n_steps for p in train_pieces)
     start_epoch, best, history, bad_epochs = 0, math.inf, [], 0
     opt_state = None
+    info_extra: dict = {}
     if resume:
         model, ckpt = load_checkpoint(resume)
         start_epoch = int(ckpt.get("epoch", 0))
@@ -157,11 +279,20 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         history = list(ckpt.get("history", []))
         bad_epochs = int(ckpt.get("bad_epochs", 0))
         opt_state = ckpt.get("optimizer")
+        if "key_profiles" in ckpt:
+            info_extra["key_profiles"] = ckpt["key_profiles"]
         model.train()
     else:
         if model_cfg is None:
             model_cfg = ModelConfig(hidden=default_size(n_train_steps))
-        model = BachLSTM(model_cfg)
+        if init_from:
+            from .model import widen
+
+            old, _ = load_checkpoint(init_from)
+            model = widen(old, model_cfg)
+            model.train()
+        else:
+            model = BachLSTM(model_cfg)
     mcfg = model.cfg
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if opt_state:
@@ -171,7 +302,9 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         net = nn.parallel.DistributedDataParallel(model)
     out = Path(out)
     last_path = out.with_suffix(".last.pt")
-    info_base = {"trained_on": description, "n_train_pieces": len(train_pieces), "n_valid_pieces": len(valid_pieces),
+    if mcfg.key_memory and "key_profiles" not in info_extra:
+        info_extra["key_profiles"] = key_profiles(train_pieces)
+    info_base = {**info_extra, "trained_on": description, "n_train_pieces": len(train_pieces), "n_valid_pieces": len(valid_pieces),
                  "n_train_steps": n_train_steps, "train_config": asdict(cfg), "n_params": model.n_params()}
     if rank == 0:
         log(f"model: {mcfg.layers}x{mcfg.hidden} LSTM, {model.n_params():,} parameters; "
@@ -188,8 +321,8 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
                    disable=not progress or rank != 0, leave=False)
         running, b_all = 0.0, 0
         for chunk in chunks:
-            x, y, m = make_windows([train_pieces[i].grid for i in chunk], mcfg, cfg.seq_len, rng, cfg.transpose,
-                                   cfg.copies)
+            x, y, m = make_windows([train_pieces[i] if mcfg.listens else train_pieces[i].grid for i in chunk],
+                                   mcfg, cfg.seq_len, rng, cfg.transpose, cfg.copies)
             perm = torch.from_numpy(np.random.default_rng(cfg.seed + epoch + int(chunk[0])).permutation(len(x)))
             perm = perm[rank::world]  # each rank its share
             n_batches = max(1, math.ceil(len(perm) / cfg.batch_size))
