@@ -4,7 +4,7 @@
 
 Starts its own JACK server (dummy driver, 48 kHz, -p 32, synchronous as in the
 tests), a player port and a monitor port in this process, and runs the
-improviser's ``ListeningEngine`` in a child process twice, SECONDS each:
+improviser's ``LiveEngine`` with its listening part in a child process twice, SECONDS each:
 
 - **reaction**: accompany mode on the internal clock; this process plays a note
   at random moments (about 4 a second). For each note: the time from its send
@@ -141,31 +141,34 @@ def run_clock(args, player, mido, received) -> dict:
 
 def child(args) -> None:
     from improviser.generator import StreamingGenerator
-    from improviser.listen import InputListener, ListeningEngine, start_listening
+    from improviser.listen import InputListener, Listening, start_listening
+    from improviser.live import LiveEngine, realtime_process
     from improviser.model import default_checkpoint, load_checkpoint
     from improviser.ports import open_output
-    from improviser.sync import ClockFollower
+    from improviser.sync import ClockFollower, MidiClockSync
 
     model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
     follower = ClockFollower() if args.child == "clock" else None
     listener = InputListener(on_clock=follower.handle if follower else None)
     start_listening(listener, "jack", args.input)
     port = open_output("jack", args.port)
-    engine = ListeningEngine(StreamingGenerator(model, 0.9, 1, seed=1), args.bpm, port, listener,
-                             mode="accompany", follower=follower)
+    listening = Listening(listener, mode="accompany")
+    engine = LiveEngine(StreamingGenerator(model, 0.9, 1, seed=1), args.bpm, port, listening=listening,
+                        timing=MidiClockSync(follower) if follower else None)
     print("ready", flush=True)
     timer = threading.Timer(args.seconds, engine.stop)
     timer.start()
-    engine.run(None)
+    with realtime_process():
+        engine.run(None)
     timer.cancel()
     listener.close()
     port.close()
     c = engine.conductor
     out = {"step": engine.step_seconds, "late": c.stats.late_steps}
     if follower is None:
-        out["reactions"] = [(t, c.deadline(k)) for t, k in engine.reactions]
+        out["reactions"] = [(t, c.deadline(k)) for t, k in listening.reactions]
     else:
-        out["steps"] = c.steps_ticks
+        out["steps"] = list(engine.timing.steps_ticks)
         out["lost"] = follower.lost
     json.dump(out, sys.stdout)
 

@@ -98,12 +98,14 @@ def play_child(args) -> None:
         port.close()
         return
     from improviser.generator import StreamingGenerator
-    from improviser.live import LiveEngine, frame_messages, one_blas_thread
+    from threadpoolctl import threadpool_limits
+
+    from improviser.live import LiveEngine, frame_messages, realtime_process
     from improviser.model import default_checkpoint, load_checkpoint
     from improviser.ports import OutputPort, backend
 
     model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
-    one_blas_thread()  # for both players, so the CPU figures compare the loops, not BLAS's spinning
+    threadpool_limits(1, "blas")  # for both players, so the CPU figures compare the loops, not BLAS's spinning
     gen = StreamingGenerator(model, temperature=0.9, note_stability=1, seed=1)
     step = 60.0 / args.bpm / model.cfg.steps_per_beat
     raw = LoggedPort(backend("jack").open_output(args.port))
@@ -113,8 +115,9 @@ def play_child(args) -> None:
     cpu0 = time.process_time()
     if args.child == "engine":
         engine = LiveEngine(gen, args.bpm, port)
-        engine.run(n_steps * step)
-        t0, late = engine.conductor.t0, engine.conductor.stats.late_steps
+        with realtime_process():
+            engine.run(n_steps * step)
+        t0, late = engine.timing.t0, engine.conductor.stats.late_steps
     else:  # the naive loop: compute, send, sleep one step, repeat
         sounding = np.zeros(128, bool)
         t0 = time.monotonic()

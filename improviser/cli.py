@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import math
 import os
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -18,14 +20,22 @@ from .errors import ImproviserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="A real-time MIDI improviser: an LSTM trained on J. S. Bach.")
-_state = {"debug": False}
 
 MAX_SECONDS = 24 * 3600.0
 
 
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors.")) -> None:
-    _state["debug"] = debug
+def _main(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="Show the full traceback on errors.")) -> None:
+    ctx.obj = {"debug": debug}
+
+
+def _debugging() -> bool:
+    import click
+
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
 
 
 def cli_errors(fn):
@@ -36,7 +46,7 @@ def cli_errors(fn):
         try:
             return fn(*args, **kwargs)
         except ImproviserError as e:
-            if _state["debug"]:
+            if _debugging():
                 traceback.print_exc()
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
@@ -94,41 +104,102 @@ TEMPERATURE_OPT = typer.Option(0.9, "--temperature", "-t",
 STABILITY_OPT = typer.Option(1, "--stability", "-s", help="Minimum note length in steps (16ths), 1..64.")
 SEED_OPT = typer.Option(None, "--seed", help="Random seed; the same seed gives the same music.")
 BPM_OPT = typer.Option(100.0, "--bpm", help="Tempo in beats (quarter notes) per minute, 20..400.")
-PRIME_OPT = typer.Option(None, "--prime", help="A MIDI phrase the model listens to before it plays.")
+PRIME_OPT = typer.Option(None, "--prime", help="A MIDI phrase the model listens to before it plays (heard as a "
+                         "player's phrase is).")
+KEY_OPT = typer.Option("auto", "--key", help="auto: follow the key of what it hears (and plays); a key such as "
+                       "'D minor' or 'F# major' holds it there.")
+
+
+@dataclass
+class MusicOptions:
+    """The options every command that makes music takes (generate, record, play, accompany)."""
+
+    bpm: float
+    temperature: float
+    stability: int
+    seed: Optional[int]
+    prime: Optional[Path]
+    checkpoint: Optional[Path]
+    key: str
+
+    def check(self) -> MusicOptions:
+        from .generator import check_controls, parse_key
+
+        check_bpm(self.bpm)
+        check_controls(self.temperature, self.stability)
+        parse_key(self.key)
+        return self
+
+
+MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
+    "bpm": (float, BPM_OPT),
+    "temperature": (float, TEMPERATURE_OPT),
+    "stability": (int, STABILITY_OPT),
+    "seed": (Optional[int], SEED_OPT),
+    "prime": (Optional[Path], PRIME_OPT),
+    "checkpoint": (Optional[Path], CHECKPOINT_OPT),
+    "key": (str, KEY_OPT),
+}
+
+
+def with_options(name: str, cls, params: dict, nested: dict | None = None):
+    """Give a command the shared options ``params``; it receives them as one ``cls`` object named ``name``.
+
+    nested: {field: (class, params)} built first and passed to ``cls`` as that field.
+    The options are written once here, so every command that takes them spells them alike.
+    """
+    nested = nested or {}
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        all_params = dict(params)
+        for _, sub in nested.values():
+            all_params.update(sub)
+        extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=ann)
+                 for n, (ann, opt) in all_params.items()]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            fields = {f: sub_cls(**{n: kwargs.pop(n) for n in sub}) for f, (sub_cls, sub) in nested.items()}
+            kwargs[name] = cls(**{n: kwargs.pop(n) for n in params}, **fields)
+            return fn(*args, **kwargs)
+
+        kept = [p for p in sig.parameters.values() if p.name != name]
+        wrapper.__signature__ = sig.replace(parameters=kept + extra)
+        return wrapper
+
+    return decorate
+
+
+music_options = with_options("music", MusicOptions, MUSIC_PARAMS)
 
 
 @app.command()
 @cli_errors
+@music_options
 def generate(
     out: Path = typer.Argument(..., help="MIDI file to write."),
     seconds: float = typer.Option(30.0, "--seconds", help="Length of the file in seconds."),
-    bpm: float = BPM_OPT,
-    temperature: float = TEMPERATURE_OPT,
-    stability: int = STABILITY_OPT,
-    seed: Optional[int] = SEED_OPT,
-    prime: Optional[Path] = PRIME_OPT,
-    checkpoint: Optional[Path] = CHECKPOINT_OPT,
+    music: MusicOptions = None,
 ) -> None:
     """Write SECONDS of improvised music to a MIDI file, offline and much faster than real time.
 
     Example: improviser generate out.mid --seconds 30 --bpm 90 --seed 7
     """
     from .encoding import grid_to_timed_notes, write_midi
-    from .generator import check_controls
     from .generator import generate as gen
 
     check_seconds(seconds)
-    check_bpm(bpm)
-    check_controls(temperature, stability)
+    music.check()
     check_output(out)
-    model, _ = load_model(checkpoint)
-    primer = load_prime(prime, model.cfg.steps_per_beat)
+    model, _ = load_model(music.checkpoint)
+    primer = load_prime(music.prime, model.cfg.steps_per_beat)
     t0 = time.perf_counter()
-    n_steps = math.ceil(seconds * bpm / 60.0 * model.cfg.steps_per_beat)
-    grid = gen(model, n_steps, temperature, stability, seed, primer)
-    notes = grid_to_timed_notes(grid, bpm)
-    write_midi(out, {"improviser": notes}, bpm, length=seconds)
-    typer.echo(f"wrote {out}: {seconds:g} s, {len(notes)} notes at {bpm:g} bpm "
+    n_steps = math.ceil(seconds * music.bpm / 60.0 * model.cfg.steps_per_beat)
+    grid = gen(model, n_steps, music.temperature, music.stability, music.seed, primer, key=music.key)
+    notes = grid_to_timed_notes(grid, music.bpm)
+    write_midi(out, {"improviser": notes}, music.bpm, length=seconds)
+    typer.echo(f"wrote {out}: {seconds:g} s, {len(notes)} notes at {music.bpm:g} bpm "
                f"in {time.perf_counter() - t0:.2f} s", err=True)
 
 
@@ -326,60 +397,97 @@ SYNC_OPT = typer.Option("internal", "--sync", help="internal: its own clock at -
                         "MIDI clock (start/stop/continue) arriving on --input.")
 
 
-def _listening(api: Optional[str], input_name: Optional[str], mode: Optional[str], respond_after: float,
-               cc: Optional[list[str]], sync: str, primed: bool):
-    """(engine class, listener) for record/play: a ListeningEngine listening on --input, or (None, None)."""
-    from .listen import InputListener, ListeningEngine, check_mode, parse_cc_map, start_listening
+@dataclass
+class LiveOptions:
+    """The options of the live commands (record, play): where to play and listen, and the music's."""
 
-    if sync not in ("internal", "clock"):
-        raise ImproviserError(f"unknown --sync {sync!r}; choose internal or clock")
-    if input_name is None:
-        if mode is not None or cc or sync == "clock":
+    api: Optional[str]
+    output: Optional[str]
+    input_name: Optional[str]
+    mode: Optional[str]
+    respond_after: float
+    cc: Optional[list[str]]
+    sync: str
+    music: MusicOptions
+
+
+LIVE_PARAMS = {
+    "api": (Optional[str], API_OPT),
+    "output": (Optional[str], OUTPUT_OPT),
+    "input_name": (Optional[str], INPUT_OPT),
+    "mode": (Optional[str], MODE_OPT),
+    "respond_after": (float, RESPOND_AFTER_OPT),
+    "cc": (Optional[list[str]], CC_OPT),
+    "sync": (str, SYNC_OPT),
+}
+live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (MusicOptions, MUSIC_PARAMS)})
+
+
+def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
+    """(listening part, timing source or None, listener) for record/play: listening on --input, or Nones."""
+    from .listen import InputListener, Listening, check_mode, parse_cc_map, start_listening
+
+    if opts.sync not in ("internal", "clock"):
+        raise ImproviserError(f"unknown --sync {opts.sync!r}; choose internal or clock")
+    if opts.input_name is None:
+        if opts.mode is not None or opts.cc or opts.sync == "clock":
             raise ImproviserError("--mode, --cc and --sync clock need a MIDI input: add --input NAME or "
                                   "--input virtual")
-        return None, None
-    mode = check_mode(mode or "respond")
-    if not (0.25 <= respond_after <= 64) or math.isnan(respond_after):
-        raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {respond_after})")
-    cc_map = parse_cc_map(cc)
-    follower = None
-    if sync == "clock":
-        from .sync import ClockFollower
+        return None, None, None
+    mode = check_mode(opts.mode or "respond")
+    if not (0.25 <= opts.respond_after <= 64) or math.isnan(opts.respond_after):
+        raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {opts.respond_after})")
+    cc_map = parse_cc_map(opts.cc)
+    follower = timing = None
+    if opts.sync == "clock":
+        from .sync import ClockFollower, MidiClockSync
 
         follower = ClockFollower()
+        timing = MidiClockSync(follower)
     listener = InputListener(on_clock=follower.handle if follower else None, panic_cc=cc_map["panic"])
-    name = start_listening(listener, api, input_name)
+    name = start_listening(listener, api, opts.input_name)
     typer.echo(f"listening on MIDI port {name!r} ({mode}"
                f"{', following its MIDI clock' if follower else ''})", err=True)
-    engine = functools.partial(ListeningEngine, listener=listener, mode=mode, respond_after=respond_after,
-                               cc=cc_map, primed=primed, follower=follower)
-    return engine, listener
+    if follower is not None:
+        typer.echo(f"the tempo is the DAW's: the tempo control (CC {cc_map['tempo']}) and --bpm are not used "
+                   "while following its clock", err=True)
+    listening = Listening(listener, mode=mode, respond_after=opts.respond_after, cc=cc_map, primed=primed)
+    return listening, timing, listener
 
 
-def _live_generator(checkpoint: Optional[Path], temperature: float, stability: int, seed: Optional[int],
-                    prime: Optional[Path]):
+def _live_generator(music: MusicOptions):
     """The streaming generator the live commands play, having listened to the primer if any."""
     from .generator import StreamingGenerator
 
-    model, _ = load_model(checkpoint)
-    gen = StreamingGenerator(model, temperature, stability, seed)
-    primer = load_prime(prime, model.cfg.steps_per_beat)
+    model, _ = load_model(music.checkpoint)
+    gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key)
+    primer = load_prime(music.prime, model.cfg.steps_per_beat)
     if primer is not None:
         gen.prime(primer)
     return gen
 
 
+@dataclass
+class LiveParts:
+    """What record and play are given: the generator, and the engine's listening part and timing source."""
+
+    generator: object
+    listening: object = None
+    timing: object = None
+
+
 @contextlib.contextmanager
-def _live(port, checkpoint: Optional[Path], temperature: float, stability: int, seed: Optional[int],
-          prime: Optional[Path], api: Optional[str], input_name: Optional[str], mode: Optional[str],
-          respond_after: float, cc: Optional[list[str]], sync: str):
-    """The generator and engine options for record/play; afterwards closes the input and ``port``
-    (which may be None) and, if the run ended normally, says what was heard."""
+def _live(port, api: Optional[str], opts: LiveOptions):
+    """The generator and engine parts for record/play, in a process set up for playing live; afterwards
+    closes the input and ``port`` (which may be None) and, if the run ended normally, says what was heard."""
+    from .live import realtime_process
+
     listener = None
     try:
-        gen = _live_generator(checkpoint, temperature, stability, seed, prime)
-        engine, listener = _listening(api, input_name, mode, respond_after, cc, sync, prime is not None)
-        yield gen, ({"engine_class": engine} if engine else {})
+        gen = _live_generator(opts.music)
+        listening, timing, listener = _listening(api, opts, opts.music.prime is not None)
+        with realtime_process():
+            yield LiveParts(gen, listening, timing)
     finally:
         if listener is not None:
             listener.close()
@@ -389,6 +497,8 @@ def _live(port, checkpoint: Optional[Path], temperature: float, stability: int, 
         from .listen import listening_summary
 
         typer.echo(listening_summary(listener), err=True)
+        if listening.tempo_ignored:
+            typer.echo(f"ignored {listening.tempo_ignored} tempo controls (following the DAW's clock)", err=True)
 
 
 def _open_output(api: Optional[str], output: Optional[str]):
@@ -408,22 +518,11 @@ def _timing_line(result) -> str:
 
 @app.command()
 @cli_errors
+@live_options
 def record(
     out: Path = typer.Argument(..., help="MIDI file to write."),
     seconds: float = typer.Option(30.0, "--seconds", help="How long to play, in seconds."),
-    api: Optional[str] = API_OPT,
-    output: Optional[str] = OUTPUT_OPT,
-    input_name: Optional[str] = INPUT_OPT,
-    mode: Optional[str] = MODE_OPT,
-    respond_after: float = RESPOND_AFTER_OPT,
-    cc: Optional[list[str]] = CC_OPT,
-    sync: str = SYNC_OPT,
-    bpm: float = BPM_OPT,
-    temperature: float = TEMPERATURE_OPT,
-    stability: int = STABILITY_OPT,
-    seed: Optional[int] = SEED_OPT,
-    prime: Optional[Path] = PRIME_OPT,
-    checkpoint: Optional[Path] = CHECKPOINT_OPT,
+    live: LiveOptions = None,
 ) -> None:
     """Play SECONDS live, at tempo, into a MIDI port and save exactly what was played to a MIDI file.
 
@@ -433,26 +532,25 @@ def record(
 
     Example: improviser record out.mid --seconds 30 --bpm 90 --api jack --output synth
     """
-    from .generator import check_controls
     from .live import record as run_record
     from .ports import MidiSystemMissing
 
     check_seconds(seconds)
-    check_bpm(bpm)
-    check_controls(temperature, stability)
+    live.music.check()
     check_output(out)
     try:
-        port = _open_output(api, output)
+        port = _open_output(live.api, live.output)
     except MidiSystemMissing as e:
-        if input_name is not None:
+        if live.input_name is not None:
             raise  # nothing to listen on: say what to install
         _warn(f"{e} -- writing {out} without playing it")
         port = None
-    with _live(port, checkpoint, temperature, stability, seed, prime, api, input_name, mode, respond_after, cc,
-               sync) as (gen, engine):
+    bpm = live.music.bpm
+    with _live(port, live.api, live) as parts:
         if port is not None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
-        result = run_record(gen, out, seconds, bpm, port, warn=_warn, **engine)
+        result = run_record(parts.generator, out, seconds, bpm, port, warn=_warn, listening=parts.listening,
+                            timing=parts.timing)
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
     typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
@@ -461,23 +559,12 @@ def record(
 
 @app.command()
 @cli_errors
+@live_options
 def play(
     sessions: Path = typer.Option(Path("sessions"), "--sessions", help="Folder for the session files."),
     plot_sessions: bool = typer.Option(False, "--plot", help="Draw a piano roll (PNG) beside each session file."),
     session_seconds: float = typer.Option(30.0, "--session-seconds", help="Length of each session file."),
-    api: Optional[str] = API_OPT,
-    output: Optional[str] = OUTPUT_OPT,
-    input_name: Optional[str] = INPUT_OPT,
-    mode: Optional[str] = MODE_OPT,
-    respond_after: float = RESPOND_AFTER_OPT,
-    cc: Optional[list[str]] = CC_OPT,
-    sync: str = SYNC_OPT,
-    bpm: float = BPM_OPT,
-    temperature: float = TEMPERATURE_OPT,
-    stability: int = STABILITY_OPT,
-    seed: Optional[int] = SEED_OPT,
-    prime: Optional[Path] = PRIME_OPT,
-    checkpoint: Optional[Path] = CHECKPOINT_OPT,
+    live: LiveOptions = None,
 ) -> None:
     """Improvise live into a MIDI port until Ctrl-C or SIGTERM, saving every session to a MIDI file.
 
@@ -485,12 +572,10 @@ def play(
 
     Example: improviser play --sessions ~/improvised --session-seconds 30 --api jack
     """
-    from .generator import check_controls
     from .live import play as run_play
 
     check_seconds(session_seconds, "--session-seconds")
-    check_bpm(bpm)
-    check_controls(temperature, stability)
+    live.music.check()
     if sessions.exists() and not sessions.is_dir():
         raise ImproviserError(f"--sessions {sessions} is a file; give a folder")
     try:
@@ -498,7 +583,7 @@ def play(
     except OSError as e:
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
-    port = _open_output(api, output)  # no MIDI system: a PortError saying what to install
+    port = _open_output(live.api, live.output)  # no MIDI system: a PortError saying what to install
 
     def written(path: Path, session) -> None:
         typer.echo(f"wrote {path} ({session.length:.1f} s, {len(session.notes())} notes)", err=True)
@@ -510,12 +595,12 @@ def play(
             except Exception as e:  # noqa: BLE001
                 _warn(f"could not draw {path.with_suffix('.png')}: {e}")
 
-    with _live(port, checkpoint, temperature, stability, seed, prime, api, input_name, mode, respond_after, cc,
-               sync) as (gen, engine):
+    with _live(port, live.api, live) as parts:
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
-        result = run_play(gen, sessions, session_seconds, bpm, port, warn=_warn, on_written=written, **engine)
-    typer.echo(f"stopped after {len(result.paths)} sessions; {_timing_line(result)}", err=True)
+        result = run_play(parts.generator, sessions, session_seconds, live.music.bpm, port, warn=_warn,
+                          on_written=written, listening=parts.listening, timing=parts.timing)
+    typer.echo(f"stopped after {result.n_written} sessions; {_timing_line(result)}", err=True)
 
 
 @app.command()

@@ -1,10 +1,20 @@
 """The conductor: decides *when* each step is played. No MIDI, no model; time is injected.
 
-One step per grid tick. Step ``k`` is due at ``t0 + k * step_seconds`` on a
-monotonic clock, computed afresh for every step (never chained sleeps), so
-small errors never add up into drift. The sender sleeps until ~1 ms before a
-deadline and then spins on the clock for the rest, because a sleep alone wakes
-up a variable fraction of a millisecond late.
+Where the time of step ``k`` comes from is a *timing source*, one of:
+
+- ``TempoGrid``: the internal clock. Step ``k`` is due at ``t0 + k * step_seconds``
+  on a monotonic clock, computed afresh for every step (never chained sleeps),
+  so small errors never add up into drift. A tempo change re-anchors ``t0`` at
+  the next step, so that step keeps its deadline and only the spacing after it
+  changes: no jump, no burst.
+- ``sync.MidiClockSync``: the 16th notes of a DAW's 24 ppqn MIDI clock.
+
+Both answer the same three questions through the injected clock: ``slot(k)``
+(is step k to be played, skipped because the music has moved past it, or is the
+music paused; and by when must its item be ready), ``wait(k)`` (block until it is
+due, then return the time) and ``deadline(k)`` (when it was or will be due).
+The sender sleeps until ~1 ms before a deadline and then spins on the clock for
+the rest, because a sleep alone wakes up a variable fraction of a millisecond late.
 
 Two threads share the work:
 
@@ -13,26 +23,33 @@ Two threads share the work:
   ``lookahead`` steps ahead;
 - the *sender* (the thread that calls ``run``) takes item ``k`` from the queue,
   calls ``prepare(k, item)`` (turn it into messages, well before the deadline),
-  waits for the deadline and calls ``perform(k, payload, t)`` (send them).
+  waits for the timing source and calls ``perform(k, payload, t)`` (send them).
   On the real clock it asks for SCHED_FIFO where allowed, so a busy machine
   does not wake it late.
 
 The sender never waits on the model beyond a deadline. If item ``k`` is not
-ready ``spin`` seconds before its deadline, step ``k`` is **skipped**: nothing
+ready ``spin`` seconds before it is due, step ``k`` is **skipped**: nothing
 is sent for it (the notes already sounding simply go on), it is counted in
 ``stats.late_steps`` and logged, and the item is dropped when it arrives. The
-grid is never shifted: step ``k + 1`` is still due at ``t0 + (k + 1) * step``.
-Skipping rather than playing late keeps every played note on the grid; it is
-safe because ``prepare`` works from what actually sounds, not from the skipped
-frame.
+grid is never shifted: step ``k + 1`` is still due at its own time. Skipping
+rather than playing late keeps every played note on the grid; it is safe
+because ``prepare`` works from what actually sounds, not from the skipped frame.
 
-A tempo change re-anchors ``t0`` at the next step, so that step keeps its
-deadline and only the spacing after it changes: no jump, no burst.
+Shared state, and who owns it:
+- the item queue: written by the producer, read by the sender (a bounded ``queue.Queue``);
+- ``TempoGrid``'s pending tempo: written by any thread (``set_step_seconds``), applied
+  by the sender before its next step, both under the grid's lock: a change is never lost;
+- the stop flag: a ``threading.Event``, set from any thread or a signal handler;
+- ``stats``: written by the sender only; read by others after ``run`` (or as a
+  snapshot of plain numbers, never iterated while the sender runs).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import enum
+import heapq
 import logging
 import os
 import queue
@@ -47,14 +64,21 @@ log = logging.getLogger(__name__)
 SPIN_SECONDS = 0.001  # spin on the clock for the last millisecond before a deadline
 MAX_SLEEP = 0.05  # sleep in slices no longer than this, so stop() is noticed quickly
 START_DELAY = 0.1  # the first step is due this long after run(): time for the producer to get ahead
+LATE_KEPT = 1000  # the indices of the most recent skipped steps kept (the count is kept whole)
 
 
 class Clock(Protocol):
-    """Where the conductor reads time and sleeps. ``now`` is monotonic seconds."""
+    """Where the conductor reads time and sleeps. ``now`` is monotonic seconds.
+
+    ``wait(condition, seconds)``: with ``condition`` held, wait until it is notified or
+    ``seconds`` pass (the real clock), or let ``seconds`` pass (a virtual clock).
+    """
 
     def now(self) -> float: ...
 
     def sleep(self, seconds: float) -> None: ...
+
+    def wait(self, condition: threading.Condition, seconds: float) -> None: ...
 
 
 class MonotonicClock:
@@ -67,6 +91,9 @@ class MonotonicClock:
         if seconds > 0:
             time.sleep(seconds)
 
+    def wait(self, condition: threading.Condition, seconds: float) -> None:
+        condition.wait(max(0.0, seconds))
+
 
 class VirtualClock:
     """A clock that only moves when asked: ``sleep`` jumps ahead at once (offline runs, tests).
@@ -74,6 +101,9 @@ class VirtualClock:
     tick: how far each ``now()`` call advances time, so a spin on this clock ends.
     overshoot: called with the requested sleep, returns extra seconds the sleep
         takes (to imitate a real sleep waking late).
+    ``at(t, fn)`` schedules ``fn()`` for virtual time ``t``: it runs, on the thread that moves
+    time past ``t``, with the clock reading ``t`` -- a DAW's clock ticks or a player's notes
+    arriving at their moment, deterministic, in a test or an offline run.
     """
 
     def __init__(self, start: float = 0.0, tick: float = 1e-6,
@@ -81,19 +111,44 @@ class VirtualClock:
         self.t = start
         self.tick = tick
         self.overshoot = overshoot
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards t and the events; never held while an event runs
+        self._events: list[tuple[float, int, Callable[[], None]]] = []  # a heap by time
+        self._n = 0
 
     def now(self) -> float:
         with self._lock:
             self.t += self.tick
-            return self.t
+            t = self.t
+        self._fire(t)
+        return t
 
     def sleep(self, seconds: float) -> None:
         self.advance(max(0.0, seconds) + (self.overshoot(seconds) if self.overshoot else 0.0))
 
+    def wait(self, condition: threading.Condition, seconds: float) -> None:
+        self.sleep(seconds)  # events due meanwhile run here, and may notify the condition
+
     def advance(self, seconds: float) -> None:
         with self._lock:
-            self.t += seconds
+            target = self.t + seconds
+        self._fire(target)
+        with self._lock:
+            self.t = max(self.t, target)
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        with self._lock:
+            heapq.heappush(self._events, (t, self._n, fn))
+            self._n += 1
+
+    def _fire(self, until: float) -> None:
+        """Run the events due by ``until`` in time order, each with the clock reading its time."""
+        while True:
+            with self._lock:
+                if not self._events or self._events[0][0] > until:
+                    return
+                t, _, fn = heapq.heappop(self._events)
+                self.t = max(self.t, t)
+            fn()
 
 
 @dataclass
@@ -102,43 +157,134 @@ class ConductorStats:
 
     steps: int = 0  # steps whose deadline has passed (played or skipped)
     played: int = 0
-    late_steps: int = 0  # skipped because the producer was not ready
-    late_indices: list[int] = field(default_factory=list)
+    late_steps: int = 0  # skipped because the producer was not ready (or the music had moved past them)
+    late_indices: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATE_KEPT))
     max_send_delay: float = 0.0  # worst (perform time - deadline) over played steps
 
 
-_STOP = object()  # queue sentinel: the producer has ended
+class Slot(enum.Enum):
+    """What a timing source says of the next step."""
+
+    PLAY = "play"  # to be played at its time
+    BEHIND = "behind"  # the music has moved past it: skip it, keep the grid
+    PAUSED = "paused"  # the music stopped (or restarted): silence what sounds, then ask again
+    STOPPED = "stopped"  # the run is over
 
 
-class Conductor:
-    """Calls ``perform`` once per step, on the grid, with items produced ahead on another thread.
+class TimingSource(Protocol):
+    """When steps are due. Called by the sender thread only, except ``set_step_seconds`` (any thread)."""
 
-    step_seconds: the grid spacing (60 / bpm / steps_per_beat).
-    produce(k): computes step k's item (runs on the producer thread, in order k = 0, 1, ...).
-    prepare(k, item) -> payload: runs on the sender thread before step k's deadline.
-    perform(k, payload, t): runs on the sender thread at step k's deadline; t is the clock reading.
-    lookahead: how many items the producer may be ahead of the sender.
+    def begin(self, first: float, next_step: int) -> None: ...
+
+    def slot(self, k: int, stop: threading.Event) -> tuple[Slot, float]: ...
+
+    def wait(self, k: int, stop: threading.Event) -> float | None: ...
+
+    def deadline(self, k: int) -> float: ...
+
+    def set_step_seconds(self, step_seconds: float) -> bool: ...
+
+
+class TempoGrid:
+    """The internal clock: step ``k`` is due at ``t0 + k * step_seconds``; tempo changes re-anchor ``t0``.
+
+    step_seconds: the grid spacing (60 / bpm / steps_per_beat). spin: the last stretch spun, not slept.
     """
 
-    def __init__(self, step_seconds: float, produce: Callable[[int], Any],
-                 prepare: Callable[[int, Any], Any], perform: Callable[[int, Any, float], None],
-                 clock: Clock | None = None, lookahead: int = 2, spin: float = SPIN_SECONDS,
-                 on_late: Callable[[int], None] | None = None):
+    def __init__(self, step_seconds: float, clock: Clock | None = None, spin: float = SPIN_SECONDS):
         if step_seconds <= 0:
             raise ValueError("step_seconds must be positive")
         self.clock = clock or MonotonicClock()
+        self.spin = spin
+        self.step_seconds = step_seconds  # written by the sender only (under _lock); read by any thread
+        self.t0: float | None = None  # deadline of step 0; set by begin(), moved by tempo changes (sender)
+        self._pending: float | None = None  # a tempo change not yet applied: written by any thread, under _lock
+        self._lock = threading.Lock()
+
+    def begin(self, first: float, next_step: int) -> None:
+        if self.t0 is None:
+            self.t0 = first - next_step * self.step_seconds
+
+    def set_step_seconds(self, step_seconds: float) -> bool:
+        """Change tempo (any thread); the next step the sender asks for keeps its time. Always followed."""
+        if step_seconds <= 0:
+            raise ValueError("step_seconds must be positive")
+        with self._lock:
+            self._pending = step_seconds
+        return True
+
+    def slot(self, k: int, stop: threading.Event) -> tuple[Slot, float]:
+        with self._lock:  # take a pending tempo change, if any, in one piece
+            new, self._pending = self._pending, None
+            if new is not None:
+                due = self.t0 + k * self.step_seconds
+                self.step_seconds = new
+                self.t0 = due - k * new  # step k keeps its deadline; the spacing after it changes
+        return (Slot.STOPPED if stop.is_set() else Slot.PLAY), self.deadline(k)
+
+    def deadline(self, k: int) -> float:
+        """When step ``k`` is due (once ``begin`` has run)."""
+        assert self.t0 is not None, "the grid has not started"
+        return self.t0 + k * self.step_seconds
+
+    def wait(self, k: int, stop: threading.Event) -> float | None:
+        """Until step k's deadline: sleep to ~spin before it, then spin. The time, or None if stopped."""
+        deadline = self.deadline(k)
+        return self.clock.now() if wait_until(self.clock, deadline, stop, self.spin) else None
+
+
+def wait_until(clock: Clock, deadline: float, stop: threading.Event, spin: float = SPIN_SECONDS) -> bool:
+    """Sleep until about ``spin`` before ``deadline``, then spin. False if stopped meanwhile."""
+    while True:
+        left = deadline - clock.now()
+        if left <= spin:
+            break
+        if stop.is_set():
+            return False
+        clock.sleep(min(left - spin, MAX_SLEEP))
+    while clock.now() < deadline:  # the last ~millisecond: spin, a sleep would wake up late
+        pass
+    return True
+
+
+class ProducerEnded:
+    """The queue's last item: the producer has stopped (its error, if any, is on the conductor)."""
+
+
+PRODUCER_ENDED = ProducerEnded()
+
+
+class Conductor:
+    """Calls ``perform`` once per step, when the timing source says, with items produced ahead on another thread.
+
+    timing: a timing source (``TempoGrid``, ``sync.MidiClockSync``), or the grid spacing in seconds
+        for a ``TempoGrid`` on ``clock``.
+    produce(k): computes step k's item (runs on the producer thread, in order k = 0, 1, ...).
+    prepare(k, item) -> payload: runs on the sender thread before step k is due.
+    perform(k, payload, t): runs on the sender thread when step k is due; t is the clock reading.
+    on_pause(): the music paused (a DAW's Stop): silence what sounds (sender thread).
+    lookahead: how many items the producer may be ahead of the sender. 0: no producer thread;
+        each item is produced on the sender thread just before its step (an offline run on a
+        virtual clock, where the producer may move time forward to when it would listen).
+    """
+
+    def __init__(self, timing: TimingSource | float, produce: Callable[[int], Any],
+                 prepare: Callable[[int, Any], Any], perform: Callable[[int, Any, float], None],
+                 clock: Clock | None = None, lookahead: int = 2, spin: float = SPIN_SECONDS,
+                 on_late: Callable[[int], None] | None = None, on_pause: Callable[[], None] | None = None):
+        self.clock = clock or getattr(timing, "clock", None) or MonotonicClock()
+        self.timing = TempoGrid(timing, self.clock, spin) if isinstance(timing, (int, float)) else timing
         self.produce, self.prepare, self.perform = produce, prepare, perform
         self.spin = spin
         self.on_late = on_late or _log_late
+        self.on_pause = on_pause or (lambda: None)
         self.stats = ConductorStats()
-        self.step_seconds = step_seconds
-        self.t0: float | None = None  # deadline of step 0, set when run() starts
-        self.next_step = 0  # the next step the sender will play
-        self._pending_step_seconds: float | None = None
-        self._items: queue.Queue = queue.Queue(maxsize=max(1, lookahead))
+        self.next_step = 0  # the next step the sender will play (sender only)
+        self.inline = lookahead == 0
+        self._items: queue.Queue = queue.Queue(maxsize=max(1, lookahead))  # producer -> sender
         self._stop = threading.Event()
         self._producer: threading.Thread | None = None
-        self._producer_error: BaseException | None = None
+        self._producer_error: BaseException | None = None  # written by the producer before it ends
 
     # ---- control, from any thread ------------------------------------------------------------------
 
@@ -150,30 +296,30 @@ class Conductor:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
-    def set_step_seconds(self, step_seconds: float) -> None:
-        """Change tempo; applied by the sender before the next step, which keeps its deadline."""
-        if step_seconds <= 0:
-            raise ValueError("step_seconds must be positive")
-        self._pending_step_seconds = step_seconds
+    def set_step_seconds(self, step_seconds: float) -> bool:
+        """Change tempo (any thread); False if the timing source follows someone else's tempo."""
+        return self.timing.set_step_seconds(step_seconds)
 
     def deadline(self, k: int) -> float:
-        """When step ``k`` is due (valid once ``run`` has started)."""
-        assert self.t0 is not None, "the conductor has not started"
-        return self.t0 + k * self.step_seconds
+        """When step ``k`` is (or was) due (valid once ``run`` has started)."""
+        return self.timing.deadline(k)
+
+    def wait_until(self, deadline: float) -> bool:
+        """Sleep until ``deadline`` on the conductor's clock; False if stopped meanwhile."""
+        return wait_until(self.clock, deadline, self._stop, self.spin)
 
     # ---- the sender ----------------------------------------------------------------------------
 
     def run(self, n_steps: int | None = None, start: float | None = None) -> ConductorStats:
         """Play steps until ``n_steps`` have passed (None: until ``stop()``). Returns the stats.
 
-        start: deadline of the first step (default: START_DELAY from now, so the
-            producer can fill its queue first). Calling ``run`` again continues
-            the grid where it left off.
+        start: when the first step is due on an internal grid (default: START_DELAY from now,
+            so the producer can fill its queue first). Calling ``run`` again continues the
+            grid where it left off.
         """
-        if self.t0 is None:
-            first = start if start is not None else self.clock.now() + START_DELAY
-            self.t0 = first - self.next_step * self.step_seconds
-        self._start_producer()
+        self.timing.begin(start if start is not None else self.clock.now() + START_DELAY, self.next_step)
+        if not self.inline:
+            self._start_producer()
         end = None if n_steps is None else self.next_step + n_steps
         real = isinstance(self.clock, MonotonicClock)  # a virtual clock never sleeps: keep it a normal thread
         with realtime_priority() if real else contextlib.nullcontext():
@@ -183,41 +329,39 @@ class Conductor:
         return self.stats
 
     def _send_loop(self, end: int | None) -> None:
+        timing = self.timing
         while not self._stop.is_set() and (end is None or self.next_step < end):
-            self._apply_tempo_change()
             k = self.next_step
-            deadline = self.deadline(k)
-            item = self._take(k, deadline - self.spin)
-            if item is _STOP:
+            kind, due = timing.slot(k, self._stop)
+            if kind is Slot.STOPPED:
+                break
+            if kind is Slot.PAUSED:
+                self.on_pause()
+                continue
+            if kind is Slot.BEHIND:
+                self._skip(k)
+                continue
+            item = self.produce(k) if self.inline else self._take(k, due - self.spin)
+            if item is PRODUCER_ENDED:
                 break
             if item is None:  # the producer is late: skip this step, keep the grid
-                self.stats.late_steps += 1
-                self.stats.late_indices.append(k)
-                self.on_late(k)
-            else:
-                payload = self.prepare(k, item)
-                if not self.wait_until(deadline):
-                    break
-                t = self.clock.now()
+                self._skip(k)
+                continue
+            payload = self.prepare(k, item)
+            t = timing.wait(k, self._stop)
+            if t is not None:
                 self.perform(k, payload, t)
                 self.stats.played += 1
-                self.stats.max_send_delay = max(self.stats.max_send_delay, t - deadline)
-            self.stats.steps += 1
-            self.next_step = k + 1
+                self.stats.max_send_delay = max(self.stats.max_send_delay, t - timing.deadline(k))
+                self.stats.steps += 1
+            self.next_step = k + 1  # a step interrupted by a stop or pause is dropped, not played late
 
-    def wait_until(self, deadline: float) -> bool:
-        """Sleep until about ``spin`` before ``deadline``, then spin. False if stopped meanwhile."""
-        clock = self.clock
-        while True:
-            left = deadline - clock.now()
-            if left <= self.spin:
-                break
-            if self._stop.is_set():
-                return False
-            clock.sleep(min(left - self.spin, MAX_SLEEP))
-        while clock.now() < deadline:  # the last ~millisecond: spin, a sleep would wake up late
-            pass
-        return True
+    def _skip(self, k: int) -> None:
+        self.stats.late_steps += 1
+        self.stats.late_indices.append(k)
+        self.on_late(k)
+        self.stats.steps += 1
+        self.next_step = k + 1
 
     def close(self) -> None:
         """Stop the producer thread (call once, after the last ``run``)."""
@@ -233,7 +377,7 @@ class Conductor:
     def _take(self, k: int, ready_by: float) -> Any:
         """Item k from the producer, or None if it is not there by ``ready_by``; drops stale items.
 
-        Returns _STOP if the producer has ended or ``stop()`` was called meanwhile.
+        Returns PRODUCER_ENDED if the producer has ended or ``stop()`` was called meanwhile.
         """
         budget = ready_by - self.clock.now()  # also counted down by hand: a virtual clock stands still here
         while True:
@@ -243,27 +387,17 @@ class Conductor:
                 got = self._items.get(timeout=wait) if wait > 0 else self._items.get_nowait()
             except queue.Empty:
                 if self._stop.is_set():
-                    return _STOP
+                    return PRODUCER_ENDED
                 budget -= wait
                 if timeout > MAX_SLEEP:
                     continue
                 return None
-            if got is _STOP:
-                return _STOP
+            if got is PRODUCER_ENDED:
+                return PRODUCER_ENDED
             index, item = got
             if index == k:
                 return item
             # index < k: the item of a step already skipped; drop it and look again
-
-    def _apply_tempo_change(self) -> None:
-        new = self._pending_step_seconds
-        if new is None:
-            return
-        self._pending_step_seconds = None
-        k = self.next_step
-        due = self.deadline(k)
-        self.step_seconds = new
-        self.t0 = due - k * new  # step k keeps its deadline; the spacing after it changes
 
     # ---- the producer --------------------------------------------------------------------------
 
@@ -288,7 +422,7 @@ class Conductor:
             self._producer_error = e
             self._stop.set()
             try:
-                self._items.put_nowait(_STOP)
+                self._items.put_nowait(PRODUCER_ENDED)
             except queue.Full:
                 pass
 

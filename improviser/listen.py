@@ -3,27 +3,37 @@
 The data path, one direction:
 
 - ``InputListener.on_message`` runs on the MIDI system's thread. It only reads
-  the monotonic clock and sorts: notes and control changes go into a bounded
-  queue (never blocks; overflow is counted), MIDI clock/start/stop/continue/song
-  position go to the ``ClockFollower`` (``sync.py``), anything else (sysex,
-  pitch bend, aftertouch, ...) is counted and dropped.
-- ``ListeningEngine`` (a ``LiveEngine``) drains the queue on the conductor's
-  producer thread just before it computes a step: the notes heard become a
-  ``Frame`` for that step (struck notes are onsets, held notes keep sounding
-  across steps) fed to ``generator.step(heard=...)``, so every heard note moves
-  the hidden state; control changes set temperature, note stability, tempo or
-  reset everything (panic).
-- With the internal clock the producer waits until half a step before a
-  step's deadline before draining, so a note is heard by the step nearest to
-  it (the quantisation) and the model still has half a step to run.
-- The sending thread records the player's notes on the ``player`` track with
-  their arrival times, and checks two counters the input thread bumps: a panic
-  or (in respond mode) a new note from the player since the step was computed
-  turns the step into note-offs, so both take effect within one step.
+  the clock and sorts: notes and control changes go into a bounded queue (never
+  blocks; overflow is counted), MIDI clock/start/stop/continue/song position go
+  to the ``ClockFollower`` (``sync.py``), anything else (sysex, pitch bend,
+  aftertouch, ...) is counted and dropped.
+- ``Listening`` is the engine's listening part (``live.LiveEngine(listening=...)``).
+  On the producer thread, just before a step is computed, ``before_step`` drains
+  the queue: the notes heard become a ``Frame`` for that step (struck notes are
+  onsets, held notes keep sounding across steps) fed to ``generator.step(heard=...)``,
+  so every heard note moves the hidden state; control changes set temperature,
+  note stability, tempo or reset everything (panic).
+- On the internal clock the producer waits until half a step before a step's
+  deadline before draining, so a note is heard by the step nearest to it (the
+  quantisation) and the model still has half a step to run.
+- On the sending thread ``vetoes`` checks two counters the input thread bumps: a
+  panic or (in respond mode) a new note from the player since the step was computed
+  turns the step into note-offs, so both take effect within one step; and
+  ``record_player`` puts the player's notes on the ``player`` track with their
+  arrival times.
 
 Modes: ``respond`` listens while the player plays and answers after
 ``respond_after`` beats without a note from the player (and without a held
 note), continuing from the primed state; ``accompany`` always plays.
+
+Shared state, and who owns it:
+- the input queue: input thread -> producer (``queue.Queue``, bounded);
+- ``InputListener.panics``, ``note_ons``, ``counts``: written by the input thread only
+  (one writer; the others read a plain int, a single atomic load under the GIL);
+- the player's notes to record: producer -> sender (a ``collections.deque``, whose
+  append and popleft are atomic);
+- everything else in ``Listening`` (heard notes, respond state, the generator's controls):
+  the producer thread only. ``reactions`` and ``controls_applied`` are bounded.
 """
 
 from __future__ import annotations
@@ -31,7 +41,6 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +49,10 @@ from typing import Any
 import mido
 import numpy as np
 
-from .clock import Clock, MonotonicClock
 from .encoding import N_MIDI, Frame
 from .errors import ImproviserError
-from .generator import MAX_STABILITY, StreamingGenerator
-from .live import LiveEngine, frame_messages
-from .ports import OutputPort
-from .recorder import PLAYER, Session
+from .generator import MAX_STABILITY
+from .recorder import PLAYER
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,7 @@ class InputListener:
         self.note_ons = 0  # note-ons so far
         self.port: Any = None
         self._queue: queue.Queue = queue.Queue(maxsize)
+        self._held: tuple[float, mido.Message] | None = None  # drained too early; the producer's only
 
     def on_message(self, msg: mido.Message) -> None:
         """The MIDI thread's callback: only timestamp, sort and enqueue; never blocks."""
@@ -144,14 +151,24 @@ class InputListener:
         else:
             self.counts.ignored += 1
 
-    def drain(self) -> list[tuple[float, mido.Message]]:
-        """Everything queued so far, oldest first (producer thread)."""
+    def drain(self, until: float | None = None) -> list[tuple[float, mido.Message]]:
+        """Everything queued so far that arrived by ``until`` (None: all), oldest first (producer thread).
+
+        A message that arrived later is kept for the next drain.
+        """
         out = []
         while True:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
+            if self._held is not None:
+                got, self._held = self._held, None
+            else:
+                try:
+                    got = self._queue.get_nowait()
+                except queue.Empty:
+                    return out
+            if until is not None and got[0] > until:
+                self._held = got
                 return out
+            out.append(got)
 
     def close(self) -> None:
         if self.port is not None:
@@ -189,74 +206,67 @@ class HeardNotes:
 
 
 @dataclass
-class _Step:
-    """What the producer hands the sender for one step."""
+class Mark:
+    """The input's counters when a step was computed: what the sender compares against."""
 
-    frame: Frame
-    panics: int  # the listener's counters when the step was computed
+    panics: int
     note_ons: int
-    playing: bool  # False: a listening step (respond mode)
 
 
-class ListeningEngine(LiveEngine):
-    """A LiveEngine that listens to ``listener`` while it plays.
+REACTIONS_KEPT = 10_000  # (arrival, step) of the most recent heard notes, for the listening benchmark
+CONTROLS_KEPT = 1_000  # the most recent controls applied
+
+
+class Listening:
+    """The engine's listening part: hears ``listener`` before each step, and can veto a step at send time.
 
     mode: respond or accompany. respond_after: beats without the player before an answer.
     cc: the control map (``parse_cc_map``). primed: the generator has listened to a primer already,
         so respond mode may answer before the player has played.
-    follower: a ``sync.ClockFollower`` fed by the listener: steps follow the DAW's MIDI clock.
-        With the internal clock (None) the producer waits to hear as late as it can.
+    just_in_time: wait to hear until half a step before each step is due (default: on the
+        internal grid with a real clock, or with an inline conductor on a virtual clock).
     """
 
-    def __init__(self, generator: StreamingGenerator, bpm: float, port: OutputPort | None,
-                 listener: InputListener, mode: str = "respond", respond_after: float = 2.0,
-                 cc: dict[str, int] | None = None, primed: bool = False, clock: Clock | None = None,
-                 follower: Any = None, **kwargs):
-        super().__init__(generator, bpm, port, clock=clock, **kwargs)
+    def __init__(self, listener: InputListener, mode: str = "respond", respond_after: float = 2.0,
+                 cc: dict[str, int] | None = None, primed: bool = False, just_in_time: bool | None = None):
         self.listener = listener
         self.mode = check_mode(mode)
-        self.respond_steps = max(1, round(respond_after * generator.cfg.steps_per_beat))
+        self.respond_after = respond_after
         self.cc = dict(cc or DEFAULT_CC)
         self.heard = HeardNotes()
         self.heard_anything = primed
         self.last_heard_step = -10**9  # the last producer step in which the player was heard
-        self._echo: np.ndarray | None = None  # the player's last sounding notes, while waiting to answer
-        self.reactions: collections.deque = collections.deque(maxlen=100_000)  # (arrival, step fed into)
-        self.controls_applied: list[tuple[int, str, float]] = []  # (step, control, value)
-        self._to_record: collections.deque = collections.deque()  # player's notes, for the sender
-        # On the real clock the producer hears as late as it can; on a virtual clock (tests) it must not
-        # sleep, since that would move the sender's time too.
-        self.just_in_time = follower is None and isinstance(self.clock, MonotonicClock)
-        self.follower = follower
-        if follower is not None:
-            from .sync import SyncedConductor
+        self._echo: np.ndarray | None = None  # the player's last sounding notes, while waiting (older models)
+        self.reactions: collections.deque = collections.deque(maxlen=REACTIONS_KEPT)  # (arrival, step fed into)
+        self.controls_applied: collections.deque = collections.deque(maxlen=CONTROLS_KEPT)  # (step, name, value)
+        self.tempo_ignored = 0  # tempo controls received while following a MIDI clock
+        self._to_record: collections.deque = collections.deque()  # producer -> sender: the player's notes
+        self._just_in_time = just_in_time
+        self.engine = None
 
-            self.conductor = SyncedConductor(self.step_seconds, self._produce, self._prepare, self._perform,
-                                             clock=self.clock, on_late=self._late)
-            self.conductor.follower, self.conductor.on_pause = follower, self.pause
+    def attach(self, engine) -> None:
+        """Called by the engine that holds this part."""
+        from .clock import MonotonicClock, TempoGrid
 
-    def run(self, seconds: float | None = None):
-        """As ``LiveEngine.run``; following a MIDI clock, ``seconds`` is wall time, however many steps it holds."""
-        if self.follower is None or seconds is None:
-            return super().run(seconds)
-        time_up = threading.Event()
-        timer = threading.Timer(seconds, lambda: (time_up.set(), self.conductor.stop()))
-        timer.daemon = True
-        timer.start()
-        try:
-            result = super().run(None)
-        finally:
-            timer.cancel()
-        result.interrupted = not time_up.is_set()
-        return result
+        self.engine = engine
+        self.generator = engine.generator
+        self.respond_steps = max(1, round(self.respond_after * self.generator.cfg.steps_per_beat))
+        if self._just_in_time is None:
+            # On a virtual clock with a producer thread (tests) the producer must not sleep: that would
+            # move the sender's time too. Inline, it may: the sender has played the step before.
+            self._just_in_time = isinstance(engine.timing, TempoGrid) and (
+                isinstance(engine.clock, MonotonicClock) or engine.conductor.inline)
 
     # ---- producer thread -----------------------------------------------------------------------
 
-    def _produce(self, k: int) -> _Step:
-        if self.just_in_time:
-            self._wait_to_listen(k)
-        panics, note_ons = self.listener.panics, self.listener.note_ons  # before draining: nothing missed
-        for t, msg in self.listener.drain():
+    def before_step(self, k: int) -> tuple[Frame, bool, Mark]:
+        """Hear what the player played for step k; returns (heard frame, play or listen, the counters)."""
+        until = None
+        if self._just_in_time:
+            until = self._wait_to_listen(k)
+        listener = self.listener
+        mark = Mark(listener.panics, listener.note_ons)  # before draining: nothing missed
+        for t, msg in listener.drain(until):
             if msg.type == "control_change":
                 self._control(k, msg)
             else:
@@ -271,24 +281,27 @@ class ListeningEngine(LiveEngine):
             self._echo = heard.sound
         playing = self.mode == "accompany" or (
             self.heard_anything and k - self.last_heard_step > self.respond_steps)
-        if not playing and not heard.sound.any() and self._echo is not None:
-            # Waiting to answer: the player's last notes ring on in the model's ears (a sustain pedal).
-            # Steps of pure silence are all but absent from Bach, and a few of them make the model
-            # forget the key it just heard; held notes keep it (measured: answers fit the key far better).
+        if (not playing and not heard.sound.any() and self._echo is not None
+                and not self.generator.cfg.key_memory):
+            # A model without a key memory forgets the key it just heard within a few steps of
+            # silence (steps of pure silence are all but absent from Bach): while it waits to
+            # answer, the player's last notes ring on in its ears, like a sustain pedal.
             heard = Frame(np.zeros(N_MIDI, bool), self._echo)
         if playing:
             self._echo = None
-        frame = self.generator.step(heard=heard, play=playing)
-        return _Step(frame, panics, note_ons, playing)
+        return heard, playing, mark
 
-    def _wait_to_listen(self, k: int) -> None:
-        """Sleep until half a step before step k's deadline: what is heard by then belongs to step k - 1."""
-        c = self.conductor
+    def _wait_to_listen(self, k: int) -> float:
+        """Sleep until half a step before step k is due: what is heard by then belongs to step k - 1."""
+        engine = self.engine
+        c, clock = engine.conductor, engine.clock
+        until = engine.timing.deadline(k) - engine.timing.step_seconds / 2
         while not c.stopped:
-            left = c.deadline(k) - self.step_seconds / 2 - self.clock.now()
+            left = until - clock.now()
             if left <= 0:
-                return
-            self.clock.sleep(min(left, 0.05))
+                break
+            clock.sleep(min(left, 0.05))
+        return until
 
     def _control(self, k: int, msg: mido.Message) -> None:
         """Apply one control change (producer thread: the generator is only touched here)."""
@@ -303,7 +316,9 @@ class ListeningEngine(LiveEngine):
         elif msg.control == self.cc["tempo"]:
             lo, hi = TEMPO_RANGE
             value = lo + x * (hi - lo)
-            self.set_bpm(value)
+            if not self.engine.set_bpm(value):
+                self.tempo_ignored += 1  # the DAW's clock sets the tempo
+                return
         elif msg.control == self.cc["panic"] and msg.value >= 64:
             value = 1.0
             self.generator.reset()  # forget the phrase and everything played: start afresh
@@ -318,24 +333,12 @@ class ListeningEngine(LiveEngine):
 
     # ---- sender thread -------------------------------------------------------------------------
 
-    def _prepare(self, k: int, item: _Step) -> tuple:
-        msgs, sound = super()._prepare(k, item.frame)
-        return msgs, sound, item
-
-    def _perform(self, k: int, payload: tuple, t: float) -> None:
-        msgs, sound, item = payload
+    def vetoes(self, mark: Mark) -> bool:
+        """A panic, or (respond mode) the player starting again, since the step was computed: silence it."""
         listener = self.listener
-        # A panic, or (respond mode) the player starting again, since this step was computed: silence now.
-        if listener.panics > item.panics or (self.mode == "respond" and listener.note_ons > item.note_ons):
-            msgs, sound = frame_messages(self._sounding, Frame.silent(), self.channel), np.zeros(N_MIDI, bool)
-        cut = self.conductor.deadline(k) if self.steps_per_session and k > 0 and k % self.steps_per_session == 0 \
-            else None
-        later = self._record_player(before=cut)
-        super()._perform(k, (msgs, sound), t)
-        for when, msg in later:  # heard after the cut: they belong to the new session
-            self.recorder.record(msg, when, PLAYER)
+        return listener.panics > mark.panics or (self.mode == "respond" and listener.note_ons > mark.note_ons)
 
-    def _record_player(self, before: float | None = None) -> list:
+    def record_player(self, recorder, before: float | None = None) -> list:
         """Record the player's notes drained so far; returns those at or after ``before`` unrecorded."""
         later = []
         while self._to_record:
@@ -343,29 +346,15 @@ class ListeningEngine(LiveEngine):
             if before is not None and when >= before:
                 later.append((when, msg))
             else:
-                self.recorder.record(msg, when, PLAYER)
+                recorder.record(msg, when, PLAYER)
         return later
 
-    def _silence(self) -> Session | None:
-        if self.recorder is not None:
-            # The producer has stopped: what it drained and what is still queued are the player's last notes.
-            for t, msg in self.listener.drain():
-                if msg.type != "control_change":
-                    self._to_record.append((t, msg))
-            self._record_player()
-        return super()._silence()
-
-    def pause(self) -> None:
-        """Silence the improviser's notes now (sender thread; e.g. the DAW stopped)."""
-        if self.recorder is None:
-            return
-        t = self.clock.now()
-        offs = self.port.silence() if self.port is not None else \
-            frame_messages(self._sounding, Frame.silent(), self.channel)
-        self._sounding = np.zeros(N_MIDI, bool)
-        for msg in offs:
-            self.recorder.record(msg, t)
-        self._record_player()
+    def flush(self, recorder) -> None:
+        """The stop path (the producer has ended): what it drained and what is still queued are the last notes."""
+        for t, msg in self.listener.drain():
+            if msg.type != "control_change":
+                self._to_record.append((t, msg))
+        self.record_player(recorder)
 
 
 def listening_summary(listener: InputListener) -> str:

@@ -1,24 +1,50 @@
-"""Playing live: checkpoint -> StreamingGenerator -> Conductor -> sinks (MIDI port + session recorder).
+"""Playing live: one engine composed of parts, data flowing one way.
 
-``LiveEngine`` plays one generator at tempo. The conductor's producer thread
-asks the generator for the next frame ahead of time; on the sending thread each
-frame becomes MIDI messages (against what actually sounds, so a skipped step
-never leaves a note on), which go to the port and, with the same send time, to
-the recorder. Every ``session_seconds`` the recorder starts a new session and
-the finished one is written by a background thread, so a file write never
-delays a note.
+    input ──► listening part ──┐ (optional: drains the input, applies controls, says when to play)
+                               ▼
+    checkpoint ─► StreamingGenerator ──(producer thread, ahead)──► Conductor ◄── timing source
+                                                                      │ (sender thread, on time)
+                                                                      ▼
+                                         frame → messages ──► sinks: MIDI port, SessionRecorder
+
+``LiveEngine`` holds the parts; none subclasses another or rewrites its loop:
+
+- the *timing source* (``clock.TempoGrid`` at ``bpm``, or ``sync.MidiClockSync`` following a
+  DAW) says when each step is due; the ``Conductor`` runs the producer and the sender;
+- the optional *listening part* (``listen.Listening``) is asked, on the producer thread, for
+  the player's notes of the step and whether to play; on the sender thread it may veto a
+  step (a panic, or the player starting again in respond mode) and hands the player's
+  notes to the recorder;
+- the *sinks*: the MIDI port (any ``OutputPort``) and the session recorder, which get the
+  same messages with the same send time, so the files hold exactly what was played.
+
+On the sending thread each frame becomes messages against what actually sounds,
+so a skipped step never leaves a note on. Every ``session_seconds`` the recorder
+starts a new session and the finished one is handed to ``on_session`` on a writer
+thread, so a file write never delays a note.
 
 Every way out of ``run`` (its end, ``stop()`` from Ctrl-C or SIGTERM, an
 exception) takes the same path: a note-off for every sounding note, CC 123,
 a short wait so the port delivers them, then the last (partial) session.
 
-``record`` and ``play`` are the two services the CLI offers.
+Shared state, and who owns it (beyond the conductor's, see ``clock``):
+- the generator: touched by the producer thread only (controls are applied there);
+- ``_sounding``: the sender thread only (and the stop path, after the producer has ended);
+- the recorder: the sender thread, then the stop path;
+- finished sessions: handed to the writer thread through a queue; once written they are
+  dropped (only the most recent few are kept, for the caller), so memory stays flat.
+
+Process-wide settings (the switch interval, BLAS threads) are not changed here: the
+entry point does that once (``realtime_process``).
+
+``record`` and ``play`` are the two services the CLI offers; ``accompany`` runs the same
+engine on a virtual clock against a melody file.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import ctypes
 import logging
 import math
 import queue
@@ -29,15 +55,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import mido
 import numpy as np
 
-from .clock import Clock, Conductor, ConductorStats, MonotonicClock, VirtualClock
+from .clock import START_DELAY, Clock, Conductor, ConductorStats, MonotonicClock, TempoGrid, TimingSource, VirtualClock
 from .encoding import N_MIDI, Frame
 from .generator import StreamingGenerator
 from .ports import OutputPort
-from .recorder import Session, SessionRecorder, session_path
+from .recorder import PLAYER, Session, SessionRecorder, session_path
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +85,19 @@ def frame_messages(sounding: np.ndarray, frame: Frame, channel: int = 0) -> list
     return msgs
 
 
+SESSIONS_KEPT = 8  # finished sessions a run keeps for its caller; older ones are released once written
+
+
 @dataclass
 class LiveResult:
     """What a live run did."""
 
     stats: ConductorStats
-    sessions: list[Session] = field(default_factory=list)  # in order; the last one may be partial
-    paths: list[Path] = field(default_factory=list)  # files written, in order
+    # The most recent sessions, in order (at most SESSIONS_KEPT); the last one may be partial.
+    sessions: collections.deque = field(default_factory=lambda: collections.deque(maxlen=SESSIONS_KEPT))
+    n_sessions: int = 0  # every session of the run, kept or not
+    paths: list[Path] = field(default_factory=list)  # files written, in order (the last ones, for play)
+    n_written: int = 0  # files written
     interrupted: bool = False  # stopped before its planned end
 
     @property
@@ -72,9 +105,20 @@ class LiveResult:
         return sum(len(s.notes()) for s in self.sessions)
 
 
-class LiveEngine:
-    """Plays a StreamingGenerator at ``bpm`` into ``port`` (None: no port) and records what it sends.
+@dataclass
+class _Step:
+    """What the producer hands the sender for one step."""
 
+    frame: Frame
+    mark: Any = None  # the listening part's note of the input when the step was computed
+
+
+class LiveEngine:
+    """Plays a StreamingGenerator into ``port`` (None: no port) and records what it sends.
+
+    bpm: the tempo of the internal grid (and of the session files).
+    timing: where step times come from; default a ``TempoGrid`` at ``bpm`` on ``clock``.
+    listening: a ``listen.Listening`` part (a player's input), or None to play alone.
     session_seconds: cut a new session every this many seconds (rounded to whole
         steps); None: one session for the whole run.
     on_session(session): called (on a background thread) with each finished
@@ -85,131 +129,173 @@ class LiveEngine:
     def __init__(self, generator: StreamingGenerator, bpm: float, port: OutputPort | None = None,
                  clock: Clock | None = None, session_seconds: float | None = None,
                  on_session: Callable[[Session], None] | None = None,
-                 warn: Callable[[str], None] | None = None, channel: int = 0):
+                 warn: Callable[[str], None] | None = None, channel: int = 0,
+                 listening: Any = None, timing: TimingSource | None = None):
         self.generator = generator
         self.bpm = float(bpm)
         self.port = port
-        self.clock = clock or MonotonicClock()
+        self.clock = clock or getattr(timing, "clock", None) or MonotonicClock()
         self.channel = channel
         self.warn = warn or log.warning
         self.step_seconds = 60.0 / self.bpm / generator.cfg.steps_per_beat
         self.steps_per_session = (None if session_seconds is None
                                   else max(1, round(session_seconds / self.step_seconds)))
         self.on_session = on_session
-        self.conductor = Conductor(self.step_seconds, self._produce, self._prepare, self._perform,
-                                   clock=self.clock, on_late=self._late)
+        self.timing = timing or TempoGrid(self.step_seconds, self.clock)
+        self.listening = listening
+        self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform,
+                                   clock=self.clock, on_late=self._late, on_pause=self.pause)
         self.recorder: SessionRecorder | None = None
-        self._sounding = np.zeros(N_MIDI, bool)  # what the improviser's notes sound at the port now
+        self._sounding = np.zeros(N_MIDI, bool)  # what the improviser's notes sound at the port now (sender)
         self._writer: _SessionWriter | None = None
+        if listening is not None:
+            listening.attach(self)
+
+    @property
+    def follows_clock(self) -> bool:
+        """True when the steps follow someone else's tempo (a MIDI clock), not ``bpm``."""
+        return not isinstance(self.timing, TempoGrid)
 
     def stop(self) -> None:
         """End ``run`` soon and cleanly (from a signal handler or another thread)."""
         self.conductor.stop()
 
-    def set_bpm(self, bpm: float) -> None:
-        """Change tempo while playing: the next step keeps its time, the ones after it follow the new tempo.
+    def set_bpm(self, bpm: float) -> bool:
+        """Change tempo while playing (any thread): the next step keeps its time, the ones after it follow.
 
-        Sessions stay a whole number of steps long, and their files carry the starting tempo
-        (note times in them are still the true ones).
+        False (and nothing changes) when the steps follow a MIDI clock. Sessions stay a whole
+        number of steps long, and their files carry the starting tempo (note times in them are
+        still the true ones).
         """
-        self.step_seconds = 60.0 / float(bpm) / self.generator.cfg.steps_per_beat
-        self.conductor.set_step_seconds(self.step_seconds)
+        return self.conductor.set_step_seconds(60.0 / float(bpm) / self.generator.cfg.steps_per_beat)
 
     def run(self, seconds: float | None = None) -> LiveResult:
         """Play for ``seconds`` (None: until ``stop()``); returns the sessions, the last one partial if stopped.
 
-        The run ends ``seconds`` after its first step, when the last notes are
-        turned off; the last session file is exactly that long. One run per engine.
+        On the internal grid the run ends ``seconds`` after its first step, when the last notes
+        are turned off; the last session file is exactly that long. Following a MIDI clock,
+        ``seconds`` is clock time, however many steps it holds. One run per engine.
         """
-        n_steps = None if seconds is None else max(1, math.ceil(seconds / self.step_seconds - 1e-9))
+        grid = isinstance(self.timing, TempoGrid)
+        n_steps = None if seconds is None or not grid else max(1, math.ceil(seconds / self.step_seconds - 1e-9))
         result = LiveResult(self.conductor.stats)
         self._writer = _SessionWriter(self.on_session) if self.on_session else None
-        one_blas_thread()
-        old_interval = sys.getswitchinterval()
-        sys.setswitchinterval(SWITCH_INTERVAL)  # the producer and the file writer yield the GIL quickly
+        timer = None
         try:
-            start = self.clock.now() + 0.1
+            start = self.clock.now() + START_DELAY
             self.recorder = SessionRecorder(start)
+            if seconds is not None and not grid:
+                timer = call_later(self.clock, seconds, self.conductor.stop)
             self.conductor.run(n_steps, start=start)
-            result.interrupted = self.conductor.stopped
-            if not result.interrupted and seconds is not None:
+            result.interrupted = self.conductor.stopped and (timer is None or not timer.fired)
+            if not result.interrupted and seconds is not None and grid:
                 self.conductor.wait_until(start + seconds)  # let the last step sound to the end
                 result.interrupted = self.conductor.stopped
         finally:
-            sys.setswitchinterval(old_interval)
+            if timer is not None:
+                timer.cancel()
             self.conductor.close()
             last = self._silence()
             if self._writer is not None:
-                result.sessions += self._writer.close()
+                done, n = self._writer.close()
+                result.sessions.extend(done)
+                result.n_sessions += n
             if last is not None:
                 result.sessions.append(last)
+                result.n_sessions += 1
         return result
 
-    # ---- the three conductor callbacks ---------------------------------------------------------
+    # ---- the conductor callbacks ---------------------------------------------------------------
 
-    def _produce(self, k: int) -> Frame:
-        return self.generator.step()  # producer thread, ahead of time
+    def _produce(self, k: int) -> _Step:
+        """Producer thread, ahead of time: the listening part's input, then the model's step."""
+        if self.listening is None:
+            return _Step(self.generator.step())
+        heard, playing, mark = self.listening.before_step(k)
+        return _Step(self.generator.step(heard=heard, play=playing), mark)
 
-    def _prepare(self, k: int, frame: Frame) -> tuple[list[mido.Message], np.ndarray]:
-        return frame_messages(self._sounding, frame, self.channel), frame.sound
+    def _prepare(self, k: int, item: _Step) -> tuple[list[mido.Message], np.ndarray, _Step]:
+        return frame_messages(self._sounding, item.frame, self.channel), item.frame.sound, item
 
-    def _perform(self, k: int, payload: tuple[list[mido.Message], np.ndarray], t: float) -> None:
-        msgs, sound = payload
+    def _perform(self, k: int, payload: tuple, t: float) -> None:
+        msgs, sound, item = payload
+        if self.listening is not None and self.listening.vetoes(item.mark):
+            msgs, sound = frame_messages(self._sounding, Frame.silent(), self.channel), np.zeros(N_MIDI, bool)
         if self.port is not None:
             for msg in msgs:  # first, the deadline is now; the bookkeeping waits
                 self.port.send(msg)
         self._sounding = sound
+        cut = None
         if self.steps_per_session and k > 0 and k % self.steps_per_session == 0:
-            # Step k opens a new session: cut at its deadline, before recording its messages.
-            session = self.recorder.split(self.conductor.deadline(k))
+            cut = self.timing.deadline(k)  # step k opens a new session: cut at its deadline
+        later = self.listening.record_player(self.recorder, before=cut) if self.listening is not None else []
+        if cut is not None:
+            session = self.recorder.split(cut)
             if self._writer is not None:
                 self._writer.put(session)
         for msg in msgs:
             self.recorder.record(msg, t)
+        for when, msg in later:  # the player's notes heard after the cut belong to the new session
+            self.recorder.record(msg, when, PLAYER)
 
     def _late(self, k: int) -> None:
         n = self.conductor.stats.late_steps
         if n <= 10 or n % 100 == 0:
             self.warn(f"step {k} skipped: the model was not ready in time ({n} late so far)")
 
-    # ---- the stop path -------------------------------------------------------------------------
+    # ---- silence: a pause, and the stop path ---------------------------------------------------
+
+    def _offs(self) -> list[mido.Message]:
+        """Turn off every note the improviser sounds (the port also sends CC 123); returns the note-offs."""
+        offs = self.port.silence() if self.port is not None else \
+            frame_messages(self._sounding, Frame.silent(), self.channel)
+        self._sounding = np.zeros(N_MIDI, bool)
+        return offs
+
+    def pause(self) -> None:
+        """Silence the improviser's notes now (sender thread; e.g. the DAW stopped)."""
+        if self.recorder is None:
+            return
+        t = self.clock.now()
+        for msg in self._offs():
+            self.recorder.record(msg, t)
+        if self.listening is not None:
+            self.listening.record_player(self.recorder)
 
     def _silence(self) -> Session | None:
         """Turn off every sounding note (and CC 123) and close the last session at this moment."""
         if self.recorder is None:
             return None
+        if self.listening is not None:
+            self.listening.flush(self.recorder)  # the producer has ended: the player's last notes
         t = self.clock.now()
-        if self.port is not None:
-            offs = self.port.silence()
-        else:
-            offs = frame_messages(self._sounding, Frame.silent(), self.channel)
-        self._sounding = np.zeros(N_MIDI, bool)
-        for msg in offs:
+        for msg in self._offs():
             self.recorder.record(msg, t)
         return self.recorder.finish(t)
 
 
 class _SessionWriter:
-    """Hands finished sessions to ``write`` on its own thread, in order."""
+    """Hands finished sessions to ``write`` on its own thread, in order; keeps only the last few."""
 
     def __init__(self, write: Callable[[Session], None]):
         self.write = write
-        self.done: list[Session] = []
-        self.error: BaseException | None = None
-        self._queue: queue.Queue = queue.Queue()
+        self.done: collections.deque = collections.deque(maxlen=SESSIONS_KEPT)  # writer thread; read after close
+        self.count = 0
+        self.error: BaseException | None = None  # writer thread; read after close
+        self._queue: queue.Queue = queue.Queue()  # sender -> writer
         self._thread = threading.Thread(target=self._loop, name="improviser-writer", daemon=True)
         self._thread.start()
 
     def put(self, session: Session) -> None:
         self._queue.put(session)
 
-    def close(self) -> list[Session]:
-        """Wait for every session handed in so far to be written; returns them. Raises a write error."""
+    def close(self) -> tuple[list[Session], int]:
+        """Wait for every session handed in so far to be written; returns the last few and the count."""
         self._queue.put(None)
         self._thread.join()
         if self.error is not None:
             raise self.error
-        return self.done
+        return list(self.done), self.count
 
     def _loop(self) -> None:
         while (session := self._queue.get()) is not None:
@@ -218,36 +304,70 @@ class _SessionWriter:
             try:
                 self.write(session)
                 self.done.append(session)
+                self.count += 1
             except BaseException as e:  # reported by close(); the music goes on meanwhile
                 self.error = e
 
 
-# ---- the two services ----------------------------------------------------------------------------
+class _Timer:
+    """A one-shot call after a delay on a clock; ``fired`` says whether it ran."""
+
+    def __init__(self):
+        self.fired = False
+        self.cancelled = False
+        self.real: threading.Timer | None = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        if self.real is not None:
+            self.real.cancel()
+
+
+def call_later(clock: Clock, seconds: float, fn: Callable[[], None]) -> _Timer:
+    """Call ``fn`` ``seconds`` from now on ``clock`` (a virtual clock's own schedule, or a real timer)."""
+    timer = _Timer()
+
+    def fire():
+        if not timer.cancelled:
+            timer.fired = True
+            fn()
+
+    if hasattr(clock, "at"):
+        clock.at(clock.now() + seconds, fire)
+    else:
+        timer.real = threading.Timer(seconds, fire)
+        timer.real.daemon = True
+        timer.real.start()
+    return timer
+
+
+# ---- the services ----------------------------------------------------------------------------------
 
 def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: float,
            port: OutputPort | None = None, clock: Clock | None = None,
-           warn: Callable[[str], None] | None = None,
-           engine_class: Callable[..., LiveEngine] = LiveEngine) -> LiveResult:
+           warn: Callable[[str], None] | None = None, listening: Any = None,
+           timing: TimingSource | None = None) -> LiveResult:
     """Play ``seconds`` live into ``port`` and save what was sent to ``out``.
 
     Without a port it runs on a virtual clock, i.e. as fast as the model goes,
     and writes the same kind of file. If stopped early, the partial session is
     saved. The file's notes are timed as they were sent.
     """
-    if port is None and clock is None:
+    if port is None and clock is None and timing is None:
         clock = VirtualClock()
-    engine = engine_class(generator, bpm, port, clock=clock, warn=warn)  # e.g. a ListeningEngine (partial)
+    engine = LiveEngine(generator, bpm, port, clock=clock, warn=warn, listening=listening, timing=timing)
     with stop_on_signals(engine.stop):
         result = engine.run(seconds)
     session = result.sessions[-1]
     result.paths.append(session.write(out, bpm))
+    result.n_written = 1
     return result
 
 
 def play(generator: StreamingGenerator, sessions_dir: str | Path, session_seconds: float, bpm: float,
          port: OutputPort, clock: Clock | None = None, warn: Callable[[str], None] | None = None,
-         on_written: Callable[[Path, Session], None] | None = None,
-         engine_class: Callable[..., LiveEngine] = LiveEngine) -> LiveResult:
+         on_written: Callable[[Path, Session], None] | None = None, listening: Any = None,
+         timing: TimingSource | None = None) -> LiveResult:
     """The service: play until Ctrl-C or SIGTERM, writing each session back to back into ``sessions_dir``.
 
     The hidden state carries on from session to session; the partial last
@@ -259,7 +379,7 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
 
     folder = Path(sessions_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    clock = clock or MonotonicClock()
+    clock = clock or getattr(timing, "clock", None) or MonotonicClock()
 
     # Wall-clock time of the sessions' starts, from one reading of both clocks, so names always sort in order.
     wall0, clock0 = datetime.now(), clock.now()
@@ -268,8 +388,8 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
         return session_path(folder, session.index, wall0 + timedelta(seconds=session.start - clock0))
 
     saver = SessionSaver(folder, bpm, path_for, on_written=on_written, warn=warn)
-    engine = engine_class(generator, bpm, port, clock=clock, session_seconds=session_seconds,
-                          on_session=saver.save, warn=warn)
+    engine = LiveEngine(generator, bpm, port, clock=clock, session_seconds=session_seconds,
+                        on_session=saver.save, warn=warn, listening=listening, timing=timing)
     try:
         with stop_on_signals(engine.stop):
             result = engine.run(None)
@@ -281,37 +401,30 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
         saver.save(last)
     else:  # stopped right at a boundary: the new session had not begun
         result.sessions.pop()
-    result.paths = saver.close()
+        result.n_sessions -= 1
+    result.paths = list(saver.close())
+    result.n_written = saver.n_written
     return result
 
 
-def one_blas_thread() -> bool:
-    """Make OpenBLAS (numpy's matrix library on Linux wheels) use one thread. True if it was found.
+@contextlib.contextmanager
+def realtime_process():
+    """Process-wide settings for playing live, made once by the entry point and restored after.
 
-    After every call its worker threads spin for a long while waiting for more
-    work; for one small matrix-vector product per step that burns half a core
-    and competes with the sender. Best effort: other BLAS builds are left alone.
+    - BLAS (numpy's matrix library) on one thread: after every call its worker threads spin
+      for a while waiting for more work; for one small matrix-vector product per step that
+      burns half a core and competes with the sender (threadpoolctl finds the library).
+    - A short GIL switch interval, so the producer and the file writer yield to the sender quickly.
     """
-    try:
-        with open("/proc/self/maps") as maps:
-            libs = {line.split()[-1] for line in maps if "openblas" in line.lower() and ".so" in line}
-    except OSError:  # not Linux
-        return False
-    found = False
-    for path in libs:
+    from threadpoolctl import threadpool_limits
+
+    old_interval = sys.getswitchinterval()
+    with threadpool_limits(limits=1, user_api="blas"):
+        sys.setswitchinterval(SWITCH_INTERVAL)
         try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        # The symbol's name depends on how OpenBLAS was built (numpy's wheels rename it).
-        for symbol in ("openblas_set_num_threads", "openblas_set_num_threads64_",
-                       "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads"):
-            set_threads = getattr(lib, symbol, None)
-            if set_threads is not None:
-                set_threads(1)
-                found = True
-                break
-    return found
+            yield
+        finally:
+            sys.setswitchinterval(old_interval)
 
 
 @contextlib.contextmanager

@@ -420,6 +420,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
         raise CheckpointError(f"{path}: checkpoint does not match its config ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]})") from None
     model.eval()
+    profiles = ckpt.get("key_profiles")
+    if isinstance(profiles, dict) and all(len(profiles.get(m, ())) == 12 for m in ("major", "minor")):
+        model.key_profiles = {m: [float(v) for v in profiles[m]] for m in ("major", "minor")}
     return model, ckpt
 
 

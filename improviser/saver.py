@@ -15,6 +15,7 @@ name. Temporary files that a killed run left behind are tidied away at start.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import threading
@@ -28,6 +29,7 @@ from .recorder import Session
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
+PATHS_KEPT = 1000  # written paths remembered for the caller; a run of days writes many more
 STALE_PART_SECONDS = 60.0  # a temporary file this old belongs to no write in progress
 
 
@@ -66,7 +68,8 @@ class SessionSaver:
         self.on_written = on_written
         self.warn = warn or log.warning
         self.retry = retry
-        self.paths: list[Path] = []  # written, in order
+        self.paths: collections.deque = collections.deque(maxlen=PATHS_KEPT)  # the last written, in order
+        self.n_written = 0
         self.waiting: list[Session] = []  # not written yet, in order
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -85,7 +88,9 @@ class SessionSaver:
                           f"{self._advice()}")
 
     def close(self, raise_errors: bool = True) -> list[Path]:
-        """Stop retrying and write what is waiting, making the folder again if it is gone. Returns the paths.
+        """Stop retrying and write what is waiting, making the folder again if it is gone.
+
+        Returns the paths written (the last PATHS_KEPT of them; ``n_written`` counts them all).
 
         Raises SessionsNotSaved if sessions still cannot be written (unless ``raise_errors`` is false).
         """
@@ -102,7 +107,7 @@ class SessionSaver:
             if self.waiting and self._write_waiting() is not None and raise_errors:
                 raise SessionsNotSaved(f"{len(self.waiting)} sessions could not be saved in {self.folder}: "
                                        f"{self._reason}; {self._advice()} before stopping next time")
-        return self.paths
+        return list(self.paths)
 
     # ---- internals ------------------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class SessionSaver:
                 self._reason = None
             self.waiting.pop(0)
             self.paths.append(path)
+            self.n_written += 1
             if self.on_written is not None:
                 self.on_written(path, session)
         return None

@@ -9,11 +9,19 @@ intervals, and the grid's phase the median of (arrival - period * index) over
 the same ticks, both robust to a jittery tick. A lost tick shows as a gap of
 about two periods and is counted as two, so the grid does not slip.
 
-``SyncedConductor`` is a ``Conductor`` whose sender waits for the DAW instead of
-its own deadlines: nothing before Start; each step is sent at its tick's
+``MidiClockSync`` is the conductor's timing source for it (the internal one is
+``clock.TempoGrid``): nothing before Start; each step is sent at its tick's
 predicted time or when the tick arrives, whichever is first; on Stop the
-engine's ``pause`` silences every note and the sender waits for Start or
+conductor's ``on_pause`` silences every note and the sender waits for Start or
 Continue. The producer still runs ahead (the model is ready before the tick).
+Every wait goes through the injected clock, so a virtual clock with the DAW's
+ticks scheduled on it (``VirtualClock.at``) runs a whole session in milliseconds.
+
+The tempo is the DAW's: a tempo control (CC) is ignored under MIDI clock
+(``set_step_seconds`` returns False; the CLI says so once at start).
+
+Shared state: the follower's fields are written by the input thread and read by
+the sender, always under ``changed`` (a condition on a re-entrant lock).
 """
 
 from __future__ import annotations
@@ -21,10 +29,9 @@ from __future__ import annotations
 import collections
 import statistics
 import threading
-from collections.abc import Callable
 from typing import Any
 
-from .clock import _STOP, Conductor
+from .clock import SPIN_SECONDS, Clock, MonotonicClock, Slot
 
 TICKS_PER_BEAT = 24
 TICKS_PER_STEP = 6  # a 16th note
@@ -143,89 +150,76 @@ class ClockFollower:
         return phase + p * n
 
 
-class SyncedConductor(Conductor):
-    """A conductor whose steps are the 16ths of an incoming MIDI clock (see the module docstring).
+class MidiClockSync:
+    """A timing source whose steps are the 16ths of an incoming MIDI clock (see the module docstring).
 
-    follower: the ClockFollower fed by the input. on_pause(): silences the engine (sender thread).
+    follower: the ClockFollower fed by the input. clock: the injected clock (its ``wait`` sleeps).
     """
 
-    follower: ClockFollower
-    on_pause: Callable[[], None]
+    def __init__(self, follower: ClockFollower, clock: Clock | None = None, spin: float = SPIN_SECONDS):
+        self.follower = follower
+        self.clock = clock or MonotonicClock()
+        self.spin = spin
+        # Sender only:
+        self.target = 0  # song position of the next step
+        self.epoch: int | None = None  # the follower's epoch the sender is playing in
+        self._paused = False  # PAUSED was said for the current stop; wait for the DAW now
+        self.sent_at: dict[int, float] = {}  # step -> when it was due (the last few steps)
+        self.steps_ticks: collections.deque = collections.deque(maxlen=10_000)  # (step, song position, sent)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sent_at: dict[int, float] = {}  # step -> the time it was sent (recent steps)
-        self.steps_ticks: list[tuple[int, int, float]] = []  # (step, song position, sent) of recent steps
+    def begin(self, first: float, next_step: int) -> None:
+        pass  # the DAW's Start begins the music
+
+    def set_step_seconds(self, step_seconds: float) -> bool:
+        return False  # the DAW sets the tempo
 
     def deadline(self, k: int) -> float:
         return self.sent_at.get(k, self.clock.now())
 
-    def _send_loop(self, end: int | None) -> None:
+    def slot(self, k: int, stop: threading.Event) -> tuple[Slot, float]:
         f = self.follower
-        target = 0  # song position of the next step
-        epoch = None  # the follower's epoch the sender is playing in
-        while not self._stop.is_set() and (end is None or self.next_step < end):
-            if not f.running or f.epoch != epoch:
-                self.on_pause()  # stopped (or restarted): every note off; outside the lock, it sleeps
-                with f.changed:
-                    while not f.running and not self._stop.is_set():
-                        f.changed.wait(0.05)
-                    epoch = f.epoch
-                    target = _next_boundary(f.position)
-                continue
-            k = self.next_step
-            if f.position > target + TICKS_PER_STEP // 2:  # more than half a step behind the DAW: skip
-                self._skip(k)
-                target = _next_boundary(f.position)
-                continue
-            due = f.time_of(target)
-            item = self._take(k, (due if due is not None else self.clock.now() + 1.0) - self.spin)
-            if item is _STOP:
-                break
-            if item is None:
-                self._skip(k)
-                target += TICKS_PER_STEP
-                continue
-            payload = self.prepare(k, item)
-            if not self._wait_for_tick(target, epoch):
-                self.next_step = k + 1  # stopped meanwhile: this step is dropped
-                continue
-            t = self.clock.now()
-            self.sent_at[k] = t
-            self.sent_at.pop(k - 8, None)
-            self.perform(k, payload, t)
-            self.steps_ticks.append((k, target, t))
-            del self.steps_ticks[:-10_000]
-            self.stats.played += 1
-            self.stats.steps += 1
-            self.next_step = k + 1
-            target += TICKS_PER_STEP
+        with f.changed:
+            if not f.running or f.epoch != self.epoch:
+                if self.epoch is not None and not self._paused:
+                    self._paused = True
+                    return Slot.PAUSED, 0.0  # stopped or restarted: every note off first, then wait here
+                while not f.running and not stop.is_set():
+                    self.clock.wait(f.changed, 0.05)
+                if stop.is_set():
+                    return Slot.STOPPED, 0.0
+                self._paused = False
+                self.epoch = f.epoch
+                self.target = _next_boundary(f.position)
+            if f.position > self.target + TICKS_PER_STEP // 2:  # more than half a step behind the DAW
+                self.target = _next_boundary(f.position)
+                return Slot.BEHIND, 0.0
+            due = f.time_of(self.target)
+        return Slot.PLAY, (due if due is not None else self.clock.now() + 1.0)
 
-    def _skip(self, k: int) -> None:
-        self.stats.late_steps += 1
-        self.stats.late_indices.append(k)
-        self.on_late(k)
-        self.stats.steps += 1
-        self.next_step = k + 1
-
-    def _wait_for_tick(self, position: int, epoch: int) -> bool:
-        """Until the tick at ``position`` arrives or is due, whichever is first. False if stopped meanwhile."""
-        f, clock = self.follower, self.clock
+    def wait(self, k: int, stop: threading.Event) -> float | None:
+        """Until the step's tick arrives or is due, whichever is first. The time, or None if stopped meanwhile."""
+        f, clock, position = self.follower, self.clock, self.target
+        self.target += TICKS_PER_STEP  # whatever happens, the next step is the next 16th
         while True:
             with f.changed:
-                if self._stop.is_set() or f.epoch != epoch or not f.running:
-                    return False
+                if stop.is_set() or f.epoch != self.epoch or not f.running:
+                    return None
                 if f.arrived(position):
-                    return True
+                    break
                 due = f.time_of(position)
                 left = None if due is None else due - clock.now()
                 if left is None or left > self.spin:
                     # Woken by every tick; the timeout ends the sleep ~spin before the predicted time.
-                    f.changed.wait(0.05 if left is None else min(left - self.spin, 0.05))
+                    clock.wait(f.changed, 0.05 if left is None else min(left - self.spin, 0.05))
                     continue
             while clock.now() < due:  # the last ~millisecond: spin
                 pass
-            return True
+            break
+        t = clock.now()
+        self.sent_at[k] = t
+        self.sent_at.pop(k - 8, None)
+        self.steps_ticks.append((k, position, t))
+        return t
 
 
 def _next_boundary(position: int) -> int:

@@ -236,6 +236,8 @@ def validate(model: BachLSTM, pieces: list) -> float:
         else:
             x, y = piece_arrays(g, model.cfg)
             mk = np.ones(len(g), np.float32)
+        if not mk.any():
+            continue  # a short piece that only listened: nothing to score
         loss, n = window_loss(model, torch.from_numpy(x)[None], torch.from_numpy(y)[None],
                               torch.from_numpy(mk)[None])
         total += float(loss) * n
@@ -304,8 +306,9 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     last_path = out.with_suffix(".last.pt")
     if mcfg.key_memory and "key_profiles" not in info_extra:
         info_extra["key_profiles"] = key_profiles(train_pieces)
-    info_base = {**info_extra, "trained_on": description, "n_train_pieces": len(train_pieces), "n_valid_pieces": len(valid_pieces),
-                 "n_train_steps": n_train_steps, "train_config": asdict(cfg), "n_params": model.n_params()}
+    info_base = {**info_extra, "trained_on": description, "n_train_pieces": len(train_pieces),
+                 "n_valid_pieces": len(valid_pieces), "n_train_steps": n_train_steps,
+                 "train_config": asdict(cfg), "n_params": model.n_params()}
     if rank == 0:
         log(f"model: {mcfg.layers}x{mcfg.hidden} LSTM, {model.n_params():,} parameters; "
             f"data: {len(train_pieces)} train / {len(valid_pieces)} valid pieces, {n_train_steps:,} train steps")

@@ -72,7 +72,7 @@ def test_a_late_model_skips_its_step_counts_it_and_keeps_the_grid():
 
     step = 0.5
     performed, conductor = run_conductor(12, step, VirtualClock(), produce=produce, on_late=on_late)
-    assert late == [5] and conductor.stats.late_steps == 1 and conductor.stats.late_indices == [5]
+    assert late == [5] and conductor.stats.late_steps == 1 and list(conductor.stats.late_indices) == [5]
     assert sorted(performed) == [k for k in range(12) if k != 5]
     for k, t in performed.items():  # the steps after the skipped one are still on the grid
         assert t == pytest.approx(1.0 + k * step, abs=20e-6)

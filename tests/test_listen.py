@@ -15,7 +15,8 @@ from improviser.cli import app
 from improviser.clock import VirtualClock
 from improviser.errors import ImproviserError
 from improviser.generator import StreamingGenerator
-from improviser.listen import DEFAULT_CC, HeardNotes, InputListener, ListeningEngine, parse_cc_map
+from improviser.listen import DEFAULT_CC, HeardNotes, InputListener, Listening, parse_cc_map
+from improviser.live import LiveEngine
 from improviser.model import default_checkpoint, load_checkpoint
 from improviser.sync import ClockFollower
 
@@ -70,7 +71,7 @@ class ScriptedListener(InputListener):
         super().__init__(panic_cc=DEFAULT_CC["panic"])
         self.script, self.k = script, 0
 
-    def drain(self):
+    def drain(self, until=None):
         msgs = self.script.get(self.k, [])
         self.k += 1
         return [(0.0, m) for m in msgs]
@@ -86,8 +87,8 @@ def phrase_script(start: int, pitches: list[int]) -> dict[int, list[mido.Message
 
 def played_steps(model, listener, mode="respond", steps=80, **kw) -> list[int]:
     """Steps (at 150 bpm, on a virtual clock) at which the improviser struck a note."""
-    engine = ListeningEngine(StreamingGenerator(model, 0.9, 1, seed=0), 150, None, listener, mode=mode,
-                             clock=VirtualClock(), **kw)
+    engine = LiveEngine(StreamingGenerator(model, 0.9, 1, seed=0), 150, None, clock=VirtualClock(),
+                        listening=Listening(listener, mode=mode, **kw))
     result = engine.run(steps * 0.1)
     return sorted({round(n.start / 0.1) for n in result.sessions[-1].notes()})
 
@@ -117,11 +118,12 @@ def test_controls_set_temperature_stability_and_tempo(model):
                   mido.Message("control_change", control=71, value=127),
                   mido.Message("control_change", control=76, value=127)]}
     gen = StreamingGenerator(model, 0.9, 1, seed=0)
-    engine = ListeningEngine(gen, 100, None, ScriptedListener(script), mode="accompany", clock=VirtualClock())
+    listening = Listening(ScriptedListener(script), mode="accompany")
+    engine = LiveEngine(gen, 100, None, clock=VirtualClock(), listening=listening)
     engine.run(1.0)
     assert gen.temperature == 0 and gen.note_stability == 16
-    assert engine.conductor.step_seconds == pytest.approx(60 / 240 / 4)
-    assert [c[1] for c in engine.controls_applied] == ["temperature", "stability", "tempo"]
+    assert engine.timing.step_seconds == pytest.approx(60 / 240 / 4)
+    assert [c[1] for c in listening.controls_applied] == ["temperature", "stability", "tempo"]
 
 
 def feed_ticks(f: ClockFollower, times) -> None:
