@@ -30,10 +30,7 @@ def _main(ctx: typer.Context,
     ctx.obj = {"debug": debug}
 
 
-def _debugging() -> bool:
-    import click
-
-    ctx = click.get_current_context(silent=True)
+def _debugging(ctx: typer.Context | None) -> bool:
     root = ctx.find_root() if ctx is not None else None
     return bool(root is not None and isinstance(root.obj, dict) and root.obj.get("debug"))
 
@@ -42,11 +39,11 @@ def cli_errors(fn):
     """Turn an ImproviserError (or a bad number, or Ctrl-C) into one line on stderr and an exit code."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args, cli_context: typer.Context | None = None, **kwargs):
         try:
             return fn(*args, **kwargs)
         except ImproviserError as e:
-            if _debugging():
+            if _debugging(cli_context):
                 traceback.print_exc()
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(1) from None
@@ -54,6 +51,10 @@ def cli_errors(fn):
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
+    # The command's context (where --debug was said) reaches the wrapper as one more parameter.
+    sig = inspect.signature(fn)
+    ctx_param = inspect.Parameter("cli_context", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)
+    wrapper.__signature__ = sig.replace(parameters=[*sig.parameters.values(), ctx_param])
     return wrapper
 
 
@@ -125,7 +126,8 @@ class MusicOptions:
     def check(self) -> MusicOptions:
         from .generator import check_controls, parse_key
 
-        check_bpm(self.bpm)
+        if self.bpm is not None:
+            check_bpm(self.bpm)
         check_controls(self.temperature, self.stability)
         parse_key(self.key)
         return self
@@ -514,6 +516,56 @@ def _open_output(api: Optional[str], output: Optional[str]):
 def _timing_line(result) -> str:
     s = result.stats
     return f"{s.played} steps played, {s.late_steps} late, worst send delay {s.max_send_delay * 1e3:.2f} ms"
+
+
+ACCOMPANY_PARAMS = {**MUSIC_PARAMS, "bpm": (Optional[float], typer.Option(
+    None, "--bpm", help="Tempo in beats per minute, 20..400 (default: the melody file's own)."))}
+
+
+@app.command()
+@cli_errors
+@with_options("music", MusicOptions, ACCOMPANY_PARAMS)
+def accompany(
+    melody: Path = typer.Argument(..., help="A MIDI file holding the melody (or any part) you would play."),
+    out: Path = typer.Argument(..., help="MIDI file to write: the melody on a track named 'player', and its own."),
+    mode: str = typer.Option("accompany", "--mode", help="accompany: it plays along with the melody; respond: it "
+                             "listens, and answers when the melody pauses or ends."),
+    respond_after: float = RESPOND_AFTER_OPT,
+    extra_beats: Optional[float] = typer.Option(None, "--extra-beats", help="Beats it plays on after the melody "
+                                                "(default: 4 accompanying, 16 responding)."),
+    music: MusicOptions = None,
+) -> None:
+    """Play along with a melody file exactly as it would with a player live (no MIDI system needed).
+
+    The same engine as record --input, on a virtual clock: a harmoniser for songwriters, and a
+    reproducible live session (--seed).
+
+    Example: improviser accompany tune.mid harmonised.mid --seed 1 --key "G major"
+    """
+    from .encoding import read_midi
+    from .listen import check_mode
+    from .live import accompany as run_accompany
+
+    music.check()
+    check_mode(mode)
+    if not (0.25 <= respond_after <= 64) or math.isnan(respond_after):
+        raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {respond_after})")
+    extra = extra_beats if extra_beats is not None else (4.0 if mode == "accompany" else 16.0)
+    if not (0 <= extra <= 256) or math.isnan(extra):
+        raise ImproviserError(f"--extra-beats must be 0..256 (got {extra})")
+    if music.prime is not None:
+        raise ImproviserError("accompany hears the melody itself; leave out --prime")
+    check_output(out)
+    model, _ = load_model(music.checkpoint)
+    tune = read_midi(melody, model.cfg.steps_per_beat)
+    bpm = music.bpm or tune.bpm
+    check_bpm(bpm)
+    gen = _live_generator(music)
+    t0 = time.perf_counter()
+    session = run_accompany(gen, tune, bpm, mode, respond_after, extra)
+    session.write(out, bpm)
+    typer.echo(f"wrote {out}: {session.length:.1f} s at {bpm:g} bpm, {len(session.notes('player'))} melody notes, "
+               f"{len(session.notes())} of its own ({mode}) in {time.perf_counter() - t0:.2f} s", err=True)
 
 
 @app.command()

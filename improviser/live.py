@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import queue
@@ -61,7 +62,7 @@ import mido
 import numpy as np
 
 from .clock import START_DELAY, Clock, Conductor, ConductorStats, MonotonicClock, TempoGrid, TimingSource, VirtualClock
-from .encoding import N_MIDI, Frame
+from .encoding import N_MIDI, Frame, Grid
 from .generator import StreamingGenerator
 from .ports import OutputPort
 from .recorder import PLAYER, Session, SessionRecorder, session_path
@@ -119,6 +120,7 @@ class LiveEngine:
     bpm: the tempo of the internal grid (and of the session files).
     timing: where step times come from; default a ``TempoGrid`` at ``bpm`` on ``clock``.
     listening: a ``listen.Listening`` part (a player's input), or None to play alone.
+    lookahead: steps the model may run ahead (0: inline, for an offline run on a virtual clock).
     session_seconds: cut a new session every this many seconds (rounded to whole
         steps); None: one session for the whole run.
     on_session(session): called (on a background thread) with each finished
@@ -130,7 +132,7 @@ class LiveEngine:
                  clock: Clock | None = None, session_seconds: float | None = None,
                  on_session: Callable[[Session], None] | None = None,
                  warn: Callable[[str], None] | None = None, channel: int = 0,
-                 listening: Any = None, timing: TimingSource | None = None):
+                 listening: Any = None, timing: TimingSource | None = None, lookahead: int = 2):
         self.generator = generator
         self.bpm = float(bpm)
         self.port = port
@@ -143,8 +145,8 @@ class LiveEngine:
         self.on_session = on_session
         self.timing = timing or TempoGrid(self.step_seconds, self.clock)
         self.listening = listening
-        self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform,
-                                   clock=self.clock, on_late=self._late, on_pause=self.pause)
+        self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform, clock=self.clock,
+                                   lookahead=lookahead, on_late=self._late, on_pause=self.pause)
         self.recorder: SessionRecorder | None = None
         self._sounding = np.zeros(N_MIDI, bool)  # what the improviser's notes sound at the port now (sender)
         self._writer: _SessionWriter | None = None
@@ -405,6 +407,53 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
     result.paths = list(saver.close())
     result.n_written = saver.n_written
     return result
+
+
+MAX_ACCOMPANY_SECONDS = 20 * 60.0  # a melody longer than this is refused (a song, not a night's recording)
+
+
+def schedule_melody(clock: VirtualClock, listener: Any, melody: Grid, start: float, step_seconds: float,
+                    channel: int = 0) -> float:
+    """Play ``melody`` into ``listener`` on a virtual clock, as a player would: every note-on and note-off
+    is delivered to the listener's callback at its moment (its step's time from ``start``).
+
+    Returns when the melody ends. At the same moment note-offs go before note-ons, as a player's
+    re-struck note does.
+    """
+    events = []
+    for pitch, s, e, vel in melody.notes():
+        events.append((start + e * step_seconds, 0, mido.Message("note_off", channel=channel, note=int(pitch))))
+        events.append((start + s * step_seconds, 1,
+                       mido.Message("note_on", channel=channel, note=int(pitch), velocity=int(vel))))
+    for t, _, msg in sorted(events, key=lambda ev: (ev[0], ev[1])):
+        clock.at(t, functools.partial(listener.on_message, msg))
+    return start + len(melody) * step_seconds
+
+
+def accompany(generator: StreamingGenerator, melody: Grid, bpm: float, mode: str = "accompany",
+              respond_after: float = 2.0, extra_beats: float = 4.0) -> Session:
+    """Play along with ``melody`` exactly as the live engine would with a player, on a virtual clock.
+
+    The melody's notes arrive at the listening part at their times at ``bpm`` (no MIDI system);
+    the same engine, listening part and recorder as ``record --input`` hear them, quantise them
+    and answer or accompany. The run lasts the melody plus ``extra_beats``. Returns the session:
+    the improviser's notes, and the melody on the ``player`` track.
+    """
+    from .errors import ImproviserError
+    from .listen import InputListener, Listening
+
+    step_seconds = 60.0 / bpm / generator.cfg.steps_per_beat
+    seconds = len(melody) * step_seconds + extra_beats * 60.0 / bpm
+    if seconds > MAX_ACCOMPANY_SECONDS:
+        raise ImproviserError(f"the melody lasts {seconds / 60:.0f} minutes at {bpm:g} bpm; accompany takes up to "
+                              f"{MAX_ACCOMPANY_SECONDS / 60:.0f} minutes: cut it into parts")
+    clock = VirtualClock()
+    listener = InputListener(now=clock.now)
+    listening = Listening(listener, mode=mode, respond_after=respond_after, just_in_time=True)
+    engine = LiveEngine(generator, bpm, None, clock=clock, listening=listening, lookahead=0)
+    schedule_melody(clock, listener, melody, clock.now() + START_DELAY, step_seconds)
+    result = engine.run(seconds)
+    return result.sessions[-1]
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from .encoding import STEPS_PER_BEAT, Grid, notes_to_grid
 from .errors import DataError
 
 COLLECTIONS = ("essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: sub-step notes no longer make a tune look polyphonic
 MIN_BARS = 8
 PLACE_RANGE = (62, 74)  # mean pitch of a placed melody (MIDI), a comfortable soprano range
 PLAYABLE = (24, 95)  # the model's pitch range
@@ -135,6 +135,7 @@ def _candidates() -> dict[str, list[tuple[Path, int | None]]]:
 
 def parse_tune(path: str | os.PathLike, number: int | None = None, name: str | None = None) -> Melody | None:
     """One tune of an .abc file (``number``: its X: reference number) -> Melody; None if it is not usable."""
+    _corpus_root()  # a DataError if music21 is missing
     from music21 import converter, harmony, meter
 
     path = Path(path)
@@ -166,28 +167,33 @@ def parse_tune(path: str | os.PathLike, number: int | None = None, name: str | N
             end_q = first_q + bar_q * np.floor((off - first_q) / bar_q)  # an irregular bar: cut before it
             break
 
-    notes = []
+    first_bar, n_steps = first_q * STEPS_PER_BEAT, round(end_q * STEPS_PER_BEAT)
+    if not first_bar.is_integer() or (n_steps - first_bar) // bar_steps < MIN_BARS:
+        return None
+    first_bar = int(first_bar)
+
+    line = []  # (start, end, top pitch) in quarters
     for el in part.flatten().notes:
         if isinstance(el, harmony.Harmony) or el.duration.isGrace or el.duration.quarterLength <= 0:
             continue
         start_q = float(el.offset)
-        if start_q >= end_q - 1e-6:
-            continue
-        top = max(p.midi for p in el.pitches)
-        end = min(start_q + float(el.duration.quarterLength), end_q)
-        notes.append((top, round(start_q * STEPS_PER_BEAT), round(end * STEPS_PER_BEAT)))
-    if not notes:
+        if start_q < end_q - 1e-6:
+            end = min(start_q + float(el.duration.quarterLength), end_q)
+            line.append((start_q, end, max(p.midi for p in el.pitches)))
+    line.sort()
+    if not line or any(b[0] < a[1] - 1e-6 for a, b in zip(line, line[1:])):
+        return None  # no notes, or notes overlapping: more than one line
+    # Onto the grid. Notes shorter than a step (32nds, 16th triplets) can round onto the step of
+    # the next note: the first note on a step is kept, and a note ends where the next one starts.
+    starts = np.floor(np.array([n[0] for n in line]) * STEPS_PER_BEAT + 0.5).astype(int)
+    ends = np.floor(np.array([n[1] for n in line]) * STEPS_PER_BEAT + 0.5).astype(int)
+    pitch = np.array([n[2] for n in line])
+    keep = np.r_[True, starts[1:] > starts[:-1]]
+    starts, ends, pitch = starts[keep], ends[keep], pitch[keep]
+    ends = np.maximum(np.minimum(ends, np.r_[starts[1:], n_steps]), starts + 1)
+    if pitch.min() < 0 or pitch.max() > 127:
         return None
-    first_bar = round(first_q * STEPS_PER_BEAT)
-    n_steps = round(end_q * STEPS_PER_BEAT)
-    if (n_steps - first_bar) // bar_steps < MIN_BARS:
-        return None
-    a = np.array(notes)
-    if a[:, 0].min() < 0 or a[:, 0].max() > 127:
-        return None
-    onset, sound, _ = notes_to_grid(a[:, 0], a[:, 1], a[:, 2], n_steps)
-    if sound.sum(axis=1).max() > 1:
-        return None  # more than one line
+    onset, sound, _ = notes_to_grid(pitch, starts, ends, n_steps)
     grid = Grid(onset, sound, STEPS_PER_BEAT, bar_steps // STEPS_PER_BEAT, BPM, None, (-first_bar) % bar_steps)
     if name is None:
         title = score.metadata.title if score.metadata is not None and score.metadata.title else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -117,9 +118,12 @@ class OutputPort:
     """
 
     def __init__(self, port, name: str | None = None, settle: float = SETTLE_SECONDS):
-        self._port = port
+        self._port = port  # swapped only under _lock (see reconnect.ReconnectingOutput)
         self.name = name or getattr(port, "name", "?")
         self.settle = settle
+        # The sender, the stop path and a reconnect watcher may all reach the port: every send and a
+        # swap of the underlying port hold this lock, so a swap never meets a send half way.
+        self._lock = threading.RLock()
         self._sounding: dict[int, set[int]] = {}  # channel -> pitches with a note-on not yet turned off
         self._channels: set[int] = set()  # every channel a note went out on
         self._dirty = False  # something was sent since the last silence()
@@ -127,7 +131,15 @@ class OutputPort:
 
     def send(self, msg: mido.Message) -> None:
         """Send one message, keeping track of sounding notes."""
+        with self._lock:
+            self._send(msg)
+            self._track(msg)
+
+    def _send(self, msg: mido.Message) -> None:
+        """Hand one message to the underlying port (lock held); a subclass changes only this."""
         self._port.send(msg)
+
+    def _track(self, msg: mido.Message) -> None:
         self._dirty = True
         if msg.type == "note_on" and msg.velocity > 0:
             self._sounding.setdefault(msg.channel, set()).add(msg.note)
@@ -157,7 +169,8 @@ class OutputPort:
                 time.sleep(0.002)  # let the port drain between slices
             self.send(msg)
         for ch in sorted(self._channels):
-            self._port.send(mido.Message("control_change", channel=ch, control=123, value=0))
+            with self._lock:
+                self._send(mido.Message("control_change", channel=ch, control=123, value=0))
         self._dirty = False
         time.sleep(self.settle)
         return offs

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 
 import mido
@@ -34,7 +33,6 @@ from .ports import OutputPort, find_port, open_output
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25  # how often the watcher looks at the port list
-CLOSE_GRACE = 0.1  # s between swapping a connection out and closing it, so no send is still using it
 
 
 class _Link:
@@ -43,7 +41,7 @@ class _Link:
     def __init__(self, port):
         self.port = port
         self.failed: BaseException | None = None
-        self._lock = threading.Lock()  # only contended when a send meets close(), which waits CLOSE_GRACE first
+        self._lock = threading.Lock()  # a send and close() of the same connection never overlap
         self._closed = False
 
     def send(self, msg: mido.Message) -> None:
@@ -115,7 +113,11 @@ class ReconnectingOutput(OutputPort):
                 log.exception("watching the MIDI output: %s", e)
 
     def check(self) -> None:
-        """Look once: notice a lost peer, or reconnect to one that is back (called by the watcher)."""
+        """Look once: notice a lost peer, or reconnect to one that is back (called by the watcher).
+
+        ``connected`` and ``reconnections`` are written here (watcher thread) and read by others as
+        plain values; the link itself is swapped under the port's send lock.
+        """
         link: _Link = self._port
         names = self._names(link)
         # Connected: the very port we play into must still be listed. Lost: any port matching NAME will do.
@@ -134,12 +136,12 @@ class ReconnectingOutput(OutputPort):
         except PortError as e:  # not there (yet), or ambiguous: try again at the next look
             log.debug("reconnecting: %s", e)
             return
-        self._port = _Link(fresh._port)  # one assignment: the sender picks the new link at its next message
-        self.name = fresh.name
+        with self._lock:  # no send is under way while the link is swapped
+            self._port = _Link(fresh._port)
+            self.name = fresh.name
         self.connected = True
         self.reconnections += 1
         self.info(f"reconnected to MIDI output {fresh.name!r}")
-        time.sleep(CLOSE_GRACE)  # a send that read the old link just before the swap finishes first
         link.close()
 
     def _names(self, link: _Link) -> list[str] | None:

@@ -20,6 +20,14 @@ import pytest
 JACK_PERIOD = 32  # frames; at 48 kHz one period is 0.67 ms
 
 
+@pytest.fixture(scope="session")
+def model():
+    """The shipped checkpoint's model (loaded once)."""
+    from improviser.model import default_checkpoint, load_checkpoint
+
+    return load_checkpoint(default_checkpoint())[0]
+
+
 def _jack_answers(env: dict) -> bool:
     probe = subprocess.run(["jack_lsp"], env=env, capture_output=True, text=True, timeout=10)
     return probe.returncode == 0 and "system:" in probe.stdout

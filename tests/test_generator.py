@@ -6,12 +6,6 @@ import pytest
 from improviser.encoding import Frame
 from improviser.errors import ImproviserError
 from improviser.generator import StreamingGenerator, generate
-from improviser.model import default_checkpoint, load_checkpoint
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_checkpoint(default_checkpoint())[0]
 
 
 def notes_of(grid):

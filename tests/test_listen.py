@@ -17,13 +17,7 @@ from improviser.errors import ImproviserError
 from improviser.generator import StreamingGenerator
 from improviser.listen import DEFAULT_CC, HeardNotes, InputListener, Listening, parse_cc_map
 from improviser.live import LiveEngine
-from improviser.model import default_checkpoint, load_checkpoint
 from improviser.sync import ClockFollower
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_checkpoint(default_checkpoint())[0]
 
 
 def test_cc_map_defaults_overrides_and_one_clear_error_for_a_bad_spec():

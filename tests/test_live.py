@@ -17,14 +17,8 @@ from improviser.clock import VirtualClock
 from improviser.encoding import Frame
 from improviser.generator import StreamingGenerator
 from improviser.live import LiveEngine, frame_messages, play, record
-from improviser.model import default_checkpoint, load_checkpoint
 from improviser.ports import OutputPort, PortError, find_port
 from improviser.recorder import SessionRecorder
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_checkpoint(default_checkpoint())[0]
 
 
 class MemoryPort:
