@@ -313,6 +313,10 @@ def evaluate(
     data: Optional[list[Path]] = typer.Option(None, "--data", help="MIDI files/folders held out from training."),
     originality_check: bool = typer.Option(False, "--originality", help="Generate pieces and look for copies of "
                                            "the training data, and compare profiles with held-out Bach."),
+    listening_check: bool = typer.Option(False, "--listening", help="On held-out folk melodies: does it answer in "
+                                         "the phrase's key, and does its accompaniment fit the tune? Beside "
+                                         "references (the tunes' own continuations, Bach's lower voices)."),
+    tunes: int = typer.Option(60, "--tunes", help="How many held-out melodies --listening uses."),
     pieces: int = typer.Option(10, "--pieces", help="How many pieces --originality generates."),
     seconds: float = typer.Option(30.0, "--seconds", help="Length of each generated piece."),
     temperature: float = TEMPERATURE_OPT,
@@ -324,8 +328,10 @@ def evaluate(
     """
     from .evaluate import check_jsb_model, frame_nll, perplexity_note
 
-    if not (jsb or data or originality_check):
-        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, or --originality")
+    if not (jsb or data or originality_check or listening_check):
+        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, --originality or --listening")
+    if not (1 <= tunes <= 500):
+        raise ImproviserError("--tunes must be 1..500")
     if split_name not in ("train", "valid", "test"):
         raise ImproviserError(f"--split must be train, valid or test (got {split_name!r})")
     if not (1 <= pieces <= 1000):
@@ -350,6 +356,13 @@ def evaluate(
         typer.echo(f"steps {steps}")
     if originality_check:
         _originality(model, ckpt, pieces, seconds, temperature)
+    if listening_check:
+        from .audition import format_listening, listening
+
+        if model.cfg.steps_per_beat != 4:
+            raise ImproviserError("--listening plays along on a 16th-note grid; this checkpoint is a benchmark model")
+        for line in format_listening(listening(model, tunes, temperature=temperature)):
+            typer.echo(line)
 
 
 def _originality(model, ckpt, n_pieces: int, seconds: float, temperature: float) -> None:

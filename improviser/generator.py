@@ -15,6 +15,7 @@ from .errors import ImproviserError
 from .model import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
 MAX_STABILITY = 64  # steps; 4 bars of 16ths
+CLASH = (1, 2, 6, 10, 11)  # semitones (mod 12) from a player's note that the guard keeps the model off
 
 
 def check_controls(temperature: float, note_stability: int) -> None:
@@ -69,13 +70,19 @@ class StreamingGenerator:
     key: None (or "auto") follows what is heard and played; a key name ("D minor") holds the
         key memory there (a model with a key memory only).
 
+    guard: (listening models) never strike or hold a note a second, a tritone or a seventh
+        away from a note the player is holding -- what an accompanist avoids by ear. It reacts
+        within the step to what was just heard, which the model learns only in part.
+
     A listening model hears the player's notes as their own input; an older model hears
     them merged into its own last frame.
     """
 
     def __init__(self, model: BachLSTM, temperature: float = 1.0, note_stability: int = 1,
-                 seed: int | None = None, beats_per_bar: int = 4, key: str | None = None):
+                 seed: int | None = None, beats_per_bar: int = 4, key: str | None = None,
+                 guard: bool = True):
         check_controls(temperature, note_stability)
+        self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
         self.memory = KeyMemory()
@@ -99,6 +106,7 @@ class StreamingGenerator:
         self.last = Frame.silent()  # what the improviser itself sounded at the previous step
         self.age = np.zeros(N_MIDI, np.int64)  # steps each of its sounding notes has lasted
         self._heard = Frame.silent()
+        self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -120,6 +128,7 @@ class StreamingGenerator:
         if heard is not None:
             self.hear(heard)
         heard, self._heard = self._heard, Frame.silent()
+        self._player = heard.sound
         pos = np.array([self.step_index % self.steps_per_bar])
         if self.cfg.player_input:
             # The key memory takes the previous step's notes, the model's and the player's, before this one.
@@ -151,6 +160,9 @@ class StreamingGenerator:
         if cfg.states == 3:
             # A pitch can only be "held" if the improviser itself sounded it at the last step.
             banned[:, HOLD] = ~self.last.sound[lo:hi]
+        if self.guard and self._player.any():
+            banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
+            banned[:, 0] = False
         u = self.rng.random(cfg.n_pitches)
         state = self.net.sample(h, u, self.temperature, banned)
         onset = np.zeros(N_MIDI, bool)
@@ -159,6 +171,12 @@ class StreamingGenerator:
         # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
         onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
         return Frame(onset, sound, self._velocity())
+
+    def _clashes(self) -> np.ndarray:
+        """bool (128,): pitches a second, tritone or seventh (or those plus octaves) from a player's note."""
+        held = np.flatnonzero(self._player)
+        d = np.abs(np.arange(N_MIDI)[:, None] - held[None, :]) % 12
+        return np.isin(d, CLASH).any(axis=1)
 
     def _stabilise(self, out: Frame) -> Frame:
         """Keep sounding, unstruck, every note younger than note_stability that the model ended or re-struck."""

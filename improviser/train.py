@@ -42,6 +42,7 @@ class TrainConfig:
     seed: int = 0
     transpose: int = 6  # augment with shifts in -transpose+1 .. +transpose semitones (12 keys)
     copies: int = 4  # transposed copies of each piece per epoch
+    own_dropout: float = 0.3  # listening models: share of accompanying steps whose own last frame is hidden
     chunk_pieces: int = 512  # pieces put on the grid and cut into windows at a time
 
 
@@ -160,12 +161,16 @@ def fits(grid: Grid, cfg: ModelConfig) -> bool:
 
 
 def make_windows(pieces: list, cfg: ModelConfig, seq_len: int, rng: np.random.Generator | None,
-                 transpose: int = 0, copies: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 transpose: int = 0, copies: int = 1, own_dropout: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut pieces (Grids, or Pieces) into windows of seq_len steps -> X (N, L, F), Y (N, L, P), mask (N, L).
 
     With an rng, each copy of a piece is shifted by a random transposition that
     keeps it in the model's range, and the windows start at a random offset.
-    A listening model needs Pieces that keep their parts; each copy gets its own roles.
+    A listening model needs Pieces that keep their parts; each copy gets its own roles. With
+    ``own_dropout``, that share of the steps where it accompanies the player do not show it its
+    own last frame, so it learns to follow the player rather than only its own harmony (teacher
+    forcing alone lets it lean on its own past, which live is its own guess, not Bach's).
     """
     xs, ys, ms = [], [], []
     for piece in pieces:
@@ -190,6 +195,11 @@ def make_windows(pieces: list, cfg: ModelConfig, seq_len: int, rng: np.random.Ge
             if voices is not None:
                 x, y, mk = listening_arrays(_shift_voices(voices, shift), g.bar_positions(), cfg,
                                             rng if rng is not None else np.random.default_rng(0))
+                if own_dropout and rng is not None:
+                    n = cfg.n_pitches
+                    player = x[:, 2 * n + cfg.bar_slots: 4 * n + cfg.bar_slots].any(axis=1)
+                    hide = player & (mk > 0) & (rng.random(len(x)) < own_dropout)
+                    x[hide, : 2 * n] = 0.0
             else:
                 x, y = piece_arrays(g, cfg)
                 mk = np.ones(len(g), np.float32)
@@ -325,7 +335,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         running, b_all = 0.0, 0
         for chunk in chunks:
             x, y, m = make_windows([train_pieces[i] if mcfg.listens else train_pieces[i].grid for i in chunk],
-                                   mcfg, cfg.seq_len, rng, cfg.transpose, cfg.copies)
+                                   mcfg, cfg.seq_len, rng, cfg.transpose, cfg.copies, cfg.own_dropout)
             perm = torch.from_numpy(np.random.default_rng(cfg.seed + epoch + int(chunk[0])).permutation(len(x)))
             perm = perm[rank::world]  # each rank its share
             n_batches = max(1, math.ceil(len(perm) / cfg.batch_size))
