@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from improviser.encoding import grid_to_timed_notes, read_midi, write_midi
+from improviser.music.encoding import grid_to_timed_notes, read_midi, write_midi
 
 
 def make_files(folder: Path, n: int) -> None:
@@ -29,7 +29,7 @@ def make_files(folder: Path, n: int) -> None:
 
 
 def timed(paths, workers: int) -> tuple[float, int]:
-    from improviser.data import load_midi_files
+    from improviser.model.data import load_midi_files
 
     t0 = time.perf_counter()
     pieces = load_midi_files(paths, progress=False, workers=workers)

@@ -19,8 +19,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from improviser.generator import StreamingGenerator, generate  # noqa: E402
-from improviser.model import default_checkpoint, load_checkpoint  # noqa: E402
+from improviser.model.generator import StreamingGenerator, generate  # noqa: E402
+from improviser.model.network import default_checkpoint, load_checkpoint  # noqa: E402
 
 
 def original_approach(n_steps: int, vocab: int = 128, seed: int = 0) -> list[float]:

@@ -140,12 +140,12 @@ def run_clock(args, player, mido, received) -> dict:
 
 
 def child(args) -> None:
-    from improviser.generator import StreamingGenerator
-    from improviser.listen import InputListener, Listening, start_listening
-    from improviser.live import LiveEngine, realtime_process
-    from improviser.model import default_checkpoint, load_checkpoint
-    from improviser.ports import open_output
-    from improviser.sync import ClockFollower, MidiClockSync
+    from improviser.live.engine import LiveEngine, realtime_process
+    from improviser.live.listen import InputListener, Listening, start_listening
+    from improviser.live.sync import ClockFollower, MidiClockSync
+    from improviser.model.generator import StreamingGenerator
+    from improviser.model.network import default_checkpoint, load_checkpoint
+    from improviser.ports.midi import open_output
 
     model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
     follower = ClockFollower() if args.child == "clock" else None

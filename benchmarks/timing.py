@@ -89,7 +89,7 @@ class LoggedPort:
 
 def play_child(args) -> None:
     if args.child == "idle":  # the cost of a JACK client that only has a port open
-        from improviser.ports import backend
+        from improviser.ports.midi import backend
 
         port = backend("jack").open_output(args.port)
         cpu0 = time.process_time()
@@ -97,12 +97,12 @@ def play_child(args) -> None:
         json.dump({"cpu": time.process_time() - cpu0}, sys.stdout)
         port.close()
         return
-    from improviser.generator import StreamingGenerator
     from threadpoolctl import threadpool_limits
 
-    from improviser.live import LiveEngine, frame_messages, realtime_process
-    from improviser.model import default_checkpoint, load_checkpoint
-    from improviser.ports import OutputPort, backend
+    from improviser.live.engine import LiveEngine, frame_messages, realtime_process
+    from improviser.model.generator import StreamingGenerator
+    from improviser.model.network import default_checkpoint, load_checkpoint
+    from improviser.ports.midi import OutputPort, backend
 
     model, _ = load_checkpoint(args.checkpoint or default_checkpoint())
     threadpool_limits(1, "blas")  # for both players, so the CPU figures compare the loops, not BLAS's spinning

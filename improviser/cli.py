@@ -85,7 +85,7 @@ def check_output(path: Path) -> Path:
 
 
 def load_model(checkpoint: Optional[Path]):
-    from .model import default_checkpoint, load_checkpoint
+    from .model.network import default_checkpoint, load_checkpoint
 
     model, ckpt = load_checkpoint(checkpoint or default_checkpoint())
     return model, ckpt
@@ -94,7 +94,7 @@ def load_model(checkpoint: Optional[Path]):
 def load_prime(prime: Optional[Path], steps_per_beat: int):
     if prime is None:
         return None
-    from .encoding import read_midi
+    from .music.encoding import read_midi
 
     return read_midi(prime, steps_per_beat)
 
@@ -124,7 +124,7 @@ class MusicOptions:
     key: str
 
     def check(self) -> MusicOptions:
-        from .generator import check_controls, parse_key
+        from .model.generator import check_controls, parse_key
 
         if self.bpm is not None:
             check_bpm(self.bpm)
@@ -188,8 +188,8 @@ def generate(
 
     Example: improviser generate out.mid --seconds 30 --bpm 90 --seed 7
     """
-    from .encoding import grid_to_timed_notes, write_midi
-    from .generator import generate as gen
+    from .model.generator import generate as gen
+    from .music.encoding import grid_to_timed_notes, write_midi
 
     check_seconds(seconds)
     music.check()
@@ -238,10 +238,10 @@ def train(
     Example: improviser train --corpus bach-chorales --out checkpoints/bach.pt
              improviser train my_midi_folder/ --out mine.pt --epochs 20
     """
-    from .data import load_bach_chorales, load_midi_files, split
-    from .model import ModelConfig
-    from .train import TrainConfig
-    from .train import train as run_train
+    from .model.data import load_bach_chorales, load_midi_files, split
+    from .model.network import ModelConfig
+    from .model.train import TrainConfig
+    from .model.train import train as run_train
 
     if not data and not corpus and not jsb:
         raise ImproviserError("give MIDI files/folders to train on, or --corpus bach-chorales, or --jsb FILE.json")
@@ -263,7 +263,7 @@ def train(
         raise ImproviserError("--dropout must be in [0, 1) and --lr in (0, 1)")
     check_output(out)
     if jsb:
-        from .data import load_jsb
+        from .model.data import load_jsb
 
         if data or corpus:
             raise ImproviserError("--jsb trains a benchmark model on its own; leave out other data")
@@ -276,7 +276,7 @@ def train(
         seq_len, unit = 64, "frame"
         description = f"JSB Chorales {jsb.name}, train split ({len(train_p)} pieces)"
     else:
-        from .model import default_size
+        from .model.network import default_size
 
         listening = bool(corpus) and not data if listening is None else listening
         if listening and (data or not corpus):
@@ -326,7 +326,7 @@ def evaluate(
     Example: improviser evaluate --checkpoint checkpoints/jsb.pt --jsb jsb-chorales-quarter.json --split test
              improviser evaluate --originality --pieces 10
     """
-    from .evaluate import check_jsb_model, frame_nll, perplexity_note
+    from .model.evaluate import check_jsb_model, frame_nll, perplexity_note
 
     if not (jsb or data or originality_check or listening_check):
         raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, --originality or --listening")
@@ -339,7 +339,7 @@ def evaluate(
     check_seconds(seconds)
     model, ckpt = load_model(checkpoint)
     if jsb:
-        from .data import load_jsb
+        from .model.data import load_jsb
 
         check_jsb_model(model)
         total, frames = frame_nll(model, [p.grid for p in load_jsb(jsb, split_name)], skip_first=True)
@@ -348,7 +348,7 @@ def evaluate(
         typer.echo(f"JSB {split_name}: {total / frames:.4f} nats per predicted frame over {frames} frames "
                    f"{perplexity_note(total / frames)}", err=True)
     if data:
-        from .data import load_midi_files
+        from .model.data import load_midi_files
 
         grids = [p.grid for p in load_midi_files(data, model.cfg.steps_per_beat)]
         total, steps = frame_nll(model, grids, skip_first=True)
@@ -357,7 +357,7 @@ def evaluate(
     if originality_check:
         _originality(model, ckpt, pieces, seconds, temperature)
     if listening_check:
-        from .audition import format_listening, listening
+        from .live.audition import format_listening, listening
 
         if model.cfg.steps_per_beat != 4:
             raise ImproviserError("--listening plays along on a 16th-note grid; this checkpoint is a benchmark model")
@@ -366,9 +366,9 @@ def evaluate(
 
 
 def _originality(model, ckpt, n_pieces: int, seconds: float, temperature: float) -> None:
-    from .data import load_bach_chorales, split
-    from .evaluate import format_profile, originality
-    from .generator import generate as gen
+    from .model.data import load_bach_chorales, split
+    from .model.evaluate import format_profile, originality
+    from .model.generator import generate as gen
 
     if model.cfg.steps_per_beat != 4:
         raise ImproviserError("--originality compares 16th-note models with the Bach chorales")
@@ -440,7 +440,7 @@ live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (
 
 def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
     """(listening part, timing source or None, listener) for record/play: listening on --input, or Nones."""
-    from .listen import InputListener, Listening, check_mode, parse_cc_map, start_listening
+    from .live.listen import InputListener, Listening, check_mode, parse_cc_map, start_listening
 
     if opts.sync not in ("internal", "clock"):
         raise ImproviserError(f"unknown --sync {opts.sync!r}; choose internal or clock")
@@ -455,7 +455,7 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
     cc_map = parse_cc_map(opts.cc)
     follower = timing = None
     if opts.sync == "clock":
-        from .sync import ClockFollower, MidiClockSync
+        from .live.sync import ClockFollower, MidiClockSync
 
         follower = ClockFollower()
         timing = MidiClockSync(follower)
@@ -472,7 +472,7 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
 
 def _live_generator(music: MusicOptions):
     """The streaming generator the live commands play, having listened to the primer if any."""
-    from .generator import StreamingGenerator
+    from .model.generator import StreamingGenerator
 
     model, _ = load_model(music.checkpoint)
     gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key)
@@ -495,7 +495,7 @@ class LiveParts:
 def _live(port, api: Optional[str], opts: LiveOptions):
     """The generator and engine parts for record/play, in a process set up for playing live; afterwards
     closes the input and ``port`` (which may be None) and, if the run ended normally, says what was heard."""
-    from .live import realtime_process
+    from .live.engine import realtime_process
 
     listener = None
     try:
@@ -509,7 +509,7 @@ def _live(port, api: Optional[str], opts: LiveOptions):
         if port is not None:
             port.close()
     if listener is not None:
-        from .listen import listening_summary
+        from .live.listen import listening_summary
 
         typer.echo(listening_summary(listener), err=True)
         if listening.tempo_ignored:
@@ -518,8 +518,8 @@ def _live(port, api: Optional[str], opts: LiveOptions):
 
 def _open_output(api: Optional[str], output: Optional[str]):
     """A virtual output port, or (--output NAME) a connection that comes back when that program restarts."""
-    from .ports import open_output
-    from .reconnect import open_reconnecting_output
+    from .ports.midi import open_output
+    from .ports.reconnect import open_reconnecting_output
 
     if output is None:
         return open_output(api, None)
@@ -555,9 +555,9 @@ def accompany(
 
     Example: improviser accompany tune.mid harmonised.mid --seed 1 --key "G major"
     """
-    from .encoding import read_midi
-    from .listen import check_mode
-    from .live import accompany as run_accompany
+    from .live.engine import accompany as run_accompany
+    from .live.listen import check_mode
+    from .music.encoding import read_midi
 
     music.check()
     check_mode(mode)
@@ -597,8 +597,8 @@ def record(
 
     Example: improviser record out.mid --seconds 30 --bpm 90 --api jack --output synth
     """
-    from .live import record as run_record
-    from .ports import MidiSystemMissing
+    from .live.engine import record as run_record
+    from .ports.midi import MidiSystemMissing
 
     check_seconds(seconds)
     live.music.check()
@@ -637,7 +637,7 @@ def play(
 
     Example: improviser play --sessions ~/improvised --session-seconds 30 --api jack
     """
-    from .live import play as run_play
+    from .live.engine import play as run_play
 
     check_seconds(session_seconds, "--session-seconds")
     live.music.check()
@@ -675,7 +675,7 @@ def ports(api: Optional[str] = API_OPT) -> None:
 
     Example: improviser ports --api jack
     """
-    from .ports import list_ports
+    from .ports.midi import list_ports
 
     found = list_ports(api)
     typer.echo(f"MIDI outputs ({found.api}; play into one with --output NAME):")

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 
 from .errors import PortError
-from .ports import APIS, MidiSystemMissing, default_api, list_ports
+from .ports.midi import APIS, MidiSystemMissing, default_api, list_ports
 
 # What a musician does about each system, per platform, when it is missing.
 FIXES = {

@@ -75,7 +75,7 @@ def plot_session(midi_path: str | os.PathLike, png_path: str | os.PathLike, titl
     ax.set_title(title or Path(midi_path).name)
     ax.legend(handles=legend, loc="upper right", fontsize=8)
     fig.tight_layout()
-    from .encoding import atomic_write
+    from .music.encoding import atomic_write
 
     png_path = Path(png_path)
     atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -23,7 +23,7 @@ JACK_PERIOD = 32  # frames; at 48 kHz one period is 0.67 ms
 @pytest.fixture(scope="session")
 def model():
     """The shipped checkpoint's model (loaded once)."""
-    from improviser.model import default_checkpoint, load_checkpoint
+    from improviser.model.network import default_checkpoint, load_checkpoint
 
     return load_checkpoint(default_checkpoint())[0]
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from improviser.cli import app
-from improviser.encoding import TimedNote, write_midi
+from improviser.music.encoding import TimedNote, write_midi
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from improviser.clock import Conductor, VirtualClock
+from improviser.live.clock import Conductor, VirtualClock
 
 
 def run_conductor(n_steps, step, clock, produce=lambda k: k, on_late=None, during=None, lookahead=2):

@@ -6,7 +6,8 @@ import mido
 import numpy as np
 import pytest
 
-from improviser.encoding import (
+from improviser.errors import MidiFileError
+from improviser.music.encoding import (
     Grid,
     TimedNote,
     grid_to_notes,
@@ -15,7 +16,6 @@ from improviser.encoding import (
     read_midi,
     write_midi,
 )
-from improviser.errors import MidiFileError
 
 DATA = Path(__file__).parent / "data"
 CHORALES = sorted(DATA.glob("bwv*.mid"))

@@ -9,11 +9,11 @@ import mido
 import numpy as np
 import pytest
 
-from improviser.clock import Conductor, TempoGrid, VirtualClock
-from improviser.generator import StreamingGenerator
-from improviser.listen import DEFAULT_CC, InputListener, Listening
-from improviser.live import LiveEngine, accompany, schedule_melody
-from improviser.sync import ClockFollower, MidiClockSync
+from improviser.live.clock import Conductor, TempoGrid, VirtualClock
+from improviser.live.engine import LiveEngine, accompany, schedule_melody
+from improviser.live.listen import DEFAULT_CC, InputListener, Listening
+from improviser.live.sync import ClockFollower, MidiClockSync
+from improviser.model.generator import StreamingGenerator
 
 TICK = 60 / 120 / 24  # a 24 ppqn tick at 120 bpm
 
@@ -45,7 +45,7 @@ def test_midi_clock_following_on_a_virtual_clock_sends_each_step_on_its_16th_tic
     assert len(sent) >= 60 and engine.conductor.stats.late_steps == 0
     assert follower.lost == 3  # every dropped tick was counted
     errors = []
-    for k, position, t in sent:
+    for _, position, t in sent:
         assert position % 6 == 0  # one step per 16th: song positions 0, 6, 12, ...
         errors.append(abs(t - times[position]))
     # Sent at the tick's predicted time or when it arrived, whichever came first: the DAW's jitter is
@@ -168,7 +168,7 @@ def test_a_panic_cuts_every_sounding_note_within_a_step_and_it_starts_afresh(mod
 def test_accompany_hears_the_melody_quantised_exactly_as_a_primer_is(model):
     """Priming from a file and hearing the same phrase live (the engine, a virtual clock) leave the model
     in the same state: the two paths are one."""
-    from improviser.encoding import Grid, notes_to_grid
+    from improviser.music.encoding import Grid, notes_to_grid
 
     pitches = [67, 69, 71, 72, 74, 72, 71, 69, 67, 66, 67]
     notes = np.array([(p, 2 * i, 2 * i + 2) for i, p in enumerate(pitches)])
@@ -189,7 +189,7 @@ def test_accompany_hears_the_melody_quantised_exactly_as_a_primer_is(model):
 
 
 def test_accompany_writes_the_melody_and_its_own_notes_and_is_reproducible(model):
-    from improviser.encoding import Grid, notes_to_grid
+    from improviser.music.encoding import Grid, notes_to_grid
 
     pitches = [60, 64, 67, 72, 71, 67, 65, 64, 62, 60]
     notes = np.array([(p, 4 * i, 4 * i + 4) for i, p in enumerate(pitches)])

@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from improviser.analysis import CopyFinder, estimate_key, key_name
 from improviser.cli import app
-from improviser.data import load_jsb
-from improviser.encoding import Grid, notes_to_grid, read_midi
-from improviser.evaluate import frame_nll
-from improviser.model import BachLSTM, ModelConfig, save_checkpoint
+from improviser.model.data import load_jsb
+from improviser.model.evaluate import frame_nll
+from improviser.model.network import BachLSTM, ModelConfig, save_checkpoint
+from improviser.music.analysis import CopyFinder, estimate_key, key_name
+from improviser.music.encoding import Grid, notes_to_grid, read_midi
 
 JSB = Path(__file__).parents[1].parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
 DATA = Path(__file__).parent / "data"

@@ -26,7 +26,7 @@ import pytest
 from conftest import Monitor
 from test_live_jack import file_notes, wait_for
 
-from improviser.data import find_midi_files
+from improviser.model.data import find_midi_files
 
 pytestmark = pytest.mark.jack
 

@@ -7,8 +7,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from improviser.encoding import Grid, grid_to_notes, notes_to_grid, read_midi
 from improviser.errors import MidiFileError
+from improviser.music.encoding import Grid, grid_to_notes, notes_to_grid, read_midi
 
 SEED = (Path(__file__).parent / "data" / "bwv10_7.mid").read_bytes()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from improviser.encoding import Frame
 from improviser.errors import ImproviserError
-from improviser.generator import StreamingGenerator, generate
+from improviser.model.generator import StreamingGenerator, generate
+from improviser.music.encoding import Frame
 
 
 def notes_of(grid):
@@ -84,7 +84,7 @@ def test_listening_moves_the_state_but_plays_nothing(model):
 def test_priming_changes_what_follows(model):
     from pathlib import Path
 
-    from improviser.encoding import read_midi
+    from improviser.music.encoding import read_midi
 
     primer = read_midi(sorted((Path(__file__).parent / "data").glob("bwv*.mid"))[0])
     a = generate(model, 64, seed=2)

@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from improviser.cli import app
-from improviser.model import load_checkpoint
+from improviser.model.network import load_checkpoint
 
 ROOT = Path(__file__).parents[1]
 JSB = ROOT.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"

@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from improviser.cli import app
-from improviser.clock import VirtualClock
 from improviser.errors import ImproviserError
-from improviser.generator import StreamingGenerator
-from improviser.listen import DEFAULT_CC, HeardNotes, InputListener, Listening, parse_cc_map
-from improviser.live import LiveEngine
-from improviser.sync import ClockFollower
+from improviser.live.clock import VirtualClock
+from improviser.live.engine import LiveEngine
+from improviser.live.listen import DEFAULT_CC, HeardNotes, InputListener, Listening, parse_cc_map
+from improviser.live.sync import ClockFollower
+from improviser.model.generator import StreamingGenerator
 
 
 def test_cc_map_defaults_overrides_and_one_clear_error_for_a_bad_spec():

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from test_live_jack import file_notes, improviser, monitor_notes
 
-from improviser.analysis import key_correlation
-from improviser.encoding import Grid
+from improviser.music.analysis import key_correlation
+from improviser.music.encoding import Grid
 
 pytestmark = pytest.mark.jack
 

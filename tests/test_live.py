@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from improviser import ports
 from improviser.cli import app
-from improviser.clock import VirtualClock
-from improviser.encoding import Frame
-from improviser.generator import StreamingGenerator
-from improviser.live import LiveEngine, frame_messages, play, record
-from improviser.ports import OutputPort, PortError, find_port
-from improviser.recorder import SessionRecorder
+from improviser.live.clock import VirtualClock
+from improviser.live.engine import LiveEngine, frame_messages, play, record
+from improviser.live.recorder import SessionRecorder
+from improviser.model.generator import StreamingGenerator
+from improviser.music.encoding import Frame
+from improviser.ports.midi import OutputPort, PortError, find_port
 
 
 class MemoryPort:

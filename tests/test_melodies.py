@@ -1,4 +1,4 @@
-"""Held-out melodies (improviser.melodies) and the listening measurements (improviser.listening_metrics)."""
+"""Held-out melodies (improviser.music.melodies) and the listening measurements (improviser.music.listening_metrics)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from improviser.encoding import Grid, notes_to_grid
-from improviser.listening_metrics import (
+from improviser.music.encoding import Grid, notes_to_grid
+from improviser.music.listening_metrics import (
     answer_key_shares,
     bach_reference_consonance,
     consonance,
@@ -114,7 +114,7 @@ def test_bach_reference_consonance_uses_soprano_against_the_rest():
 
 def test_heldout_melodies_load_cache_and_place(tmp_path, monkeypatch):
     pytest.importorskip("music21")
-    from improviser.melodies import COLLECTIONS, PLACE_RANGE, load_heldout_melodies, place
+    from improviser.music.melodies import COLLECTIONS, PLACE_RANGE, load_heldout_melodies, place
 
     monkeypatch.setenv("IMPROVISER_CACHE", str(tmp_path))
     melodies = load_heldout_melodies(n=6, seed=0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from improviser.errors import CheckpointError
-from improviser.model import (
+from improviser.model.network import (
     BachLSTM,
     ModelConfig,
     NumpyLSTM,

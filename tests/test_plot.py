@@ -6,7 +6,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from improviser.cli import app
-from improviser.encoding import TimedNote, write_midi
+from improviser.music.encoding import TimedNote, write_midi
 
 
 def colour_mask(img: np.ndarray, hex_colour: str) -> np.ndarray:

@@ -9,8 +9,8 @@ import time
 
 import mido
 
-from improviser.ports import OutputPort, find_port
-from improviser.reconnect import ReconnectingOutput
+from improviser.ports.midi import OutputPort, find_port
+from improviser.ports.reconnect import ReconnectingOutput
 
 
 class MemoryPort:

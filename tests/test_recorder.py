@@ -2,7 +2,7 @@
 
 import mido
 
-from improviser.recorder import SessionRecorder
+from improviser.live.recorder import SessionRecorder
 
 
 def notes_of(session):

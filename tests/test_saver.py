@@ -13,9 +13,9 @@ from pathlib import Path
 import mido
 import pytest
 
-from improviser.encoding import TimedNote
-from improviser.recorder import Session
-from improviser.saver import SessionSaver, SessionsNotSaved, tidy_parts
+from improviser.live.recorder import Session
+from improviser.live.saver import SessionSaver, SessionsNotSaved, tidy_parts
+from improviser.music.encoding import TimedNote
 
 
 def session(index: int) -> Session:

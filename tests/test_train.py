@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from improviser.data import load_midi_files, split
 from improviser.errors import DataError
-from improviser.generator import generate
-from improviser.model import BachLSTM, ModelConfig, load_checkpoint
-from improviser.train import TrainConfig, train, validate
+from improviser.model.data import load_midi_files, split
+from improviser.model.generator import generate
+from improviser.model.network import BachLSTM, ModelConfig, load_checkpoint
+from improviser.model.train import TrainConfig, train, validate
 
 DATA = Path(__file__).parent / "data"
 
@@ -76,7 +76,7 @@ def test_unreadable_files_are_counted_and_nothing_usable_is_an_error(tmp_path, c
 
 
 def test_bach_chorales_of_the_music21_corpus_parse_and_cache(tmp_path, monkeypatch):
-    from improviser.data import load_bach_chorales
+    from improviser.model.data import load_bach_chorales
 
     pieces = load_bach_chorales(progress=False, limit=4)
     assert len(pieces) == 4

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 CHECKPOINT_FORMAT = "improviser-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -374,7 +374,7 @@ def default_size(n_train_steps: int, layers: int = 2) -> int:
 
 def save_checkpoint(path: str | os.PathLike, model: BachLSTM, **info) -> None:
     """Write a checkpoint: a plain dict of tensors and plain data, loadable with weights_only=True."""
-    from .encoding import atomic_write
+    from ..music.encoding import atomic_write
 
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -431,5 +431,5 @@ def default_checkpoint() -> Path:
     env = os.environ.get("IMPROVISER_CHECKPOINT")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parent.parent / "checkpoints" / "bach.pt"
+    return Path(__file__).resolve().parents[2] / "checkpoints" / "bach.pt"
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import cache_dir
+from ..errors import DataError
+from .cache import cache_dir
 from .encoding import STEPS_PER_BEAT, Grid, notes_to_grid
-from .errors import DataError
 
 COLLECTIONS = ("essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk")
 CACHE_VERSION = 2  # 2: sub-step notes no longer make a tune look polyphonic

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import DataError
+from ..music.encoding import Grid
 from .data import Piece
-from .encoding import Grid
-from .errors import DataError
-from .model import (
+from .network import (
     BachLSTM,
     KeyMemory,
     ModelConfig,
@@ -142,7 +142,7 @@ def key_profiles(pieces: list) -> dict:
     ``--key "D minor"`` pins the memory to the minor profile turned to D. Each piece's key is
     estimated from all its notes (Krumhansl-Schmuckler).
     """
-    from .analysis import estimate_key
+    from ..music.analysis import estimate_key
 
     sums = {"major": np.zeros(12), "minor": np.zeros(12)}
     for p in pieces:
@@ -298,7 +298,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         if model_cfg is None:
             model_cfg = ModelConfig(hidden=default_size(n_train_steps))
         if init_from:
-            from .model import widen
+            from .network import widen
 
             old, _ = load_checkpoint(init_from)
             model = widen(old, model_cfg)

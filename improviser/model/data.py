@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .encoding import STEPS_PER_BEAT, Grid, notes_to_grid, read_midi
-from .errors import DataError, MidiFileError
+from ..errors import DataError, MidiFileError
+from ..music.cache import cache_dir
+from ..music.encoding import STEPS_PER_BEAT, Grid, notes_to_grid, read_midi
 
 MIDI_SUFFIXES = {".mid", ".midi", ".smf", ".kar"}
 CACHE_VERSION = 1
@@ -55,12 +56,6 @@ class Piece:
 
     def __repr__(self) -> str:
         return f"Piece({self.name!r}, {self.n_steps} steps)"
-
-
-def cache_dir() -> Path:
-    d = Path(os.environ.get("IMPROVISER_CACHE", Path.home() / ".cache" / "improviser"))
-    d.mkdir(parents=True, exist_ok=True)
-    return d
 
 
 def _grid_to_arrays(grid: Grid) -> dict:

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from .encoding import N_MIDI, Frame, Grid
-from .errors import ImproviserError
-from .model import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
+from ..errors import ImproviserError
+from ..music.encoding import N_MIDI, Frame, Grid
+from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
 MAX_STABILITY = 64  # steps; 4 bars of 16ths
 CLASH = (1, 2, 6, 10, 11)  # semitones (mod 12) from a player's note that the guard keeps the model off

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .encoding import Grid
-from .model import BachLSTM
+from ..model.network import BachLSTM
+from ..music.encoding import Grid
 
 EVAL_BPM = 100.0  # the virtual clock's tempo; on the grid, the figures do not depend on it
 
 
 def session_grid(session, track: str, step_seconds: float, n_steps: int) -> Grid:
     """A session's notes on one track, back on the step grid (bool (n_steps, 128))."""
-    from .encoding import notes_to_grid
+    from ..music.encoding import notes_to_grid
 
     notes = session.notes(track)
     if not notes:
@@ -63,12 +63,12 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
     """
     from tqdm import tqdm
 
-    from .data import load_bach_chorales, split
-    from .generator import StreamingGenerator
-    from .generator import generate as free
-    from .listening_metrics import answer_key_shares, bach_reference_consonance, consonance, consonance_summary
-    from .live import accompany
-    from .melodies import load_heldout_melodies, place
+    from ..model.data import load_bach_chorales, split
+    from ..model.generator import StreamingGenerator
+    from ..model.generator import generate as free
+    from ..music.listening_metrics import answer_key_shares, bach_reference_consonance, consonance, consonance_summary
+    from ..music.melodies import load_heldout_melodies, place
+    from .engine import accompany
     from .recorder import IMPROVISER, PLAYER
 
     rng = np.random.default_rng(seed)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import ImproviserError
+from ..errors import ImproviserError
 from .recorder import Session
 
 log = logging.getLogger(__name__)

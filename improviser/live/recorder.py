@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mido
 
-from .encoding import TimedNote, write_midi
+from ..music.encoding import TimedNote, write_midi
 
 IMPROVISER = "improviser"
 PLAYER = "player"

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import torch
 
-from .analysis import CopyFinder, overlap, profiles
-from .encoding import Grid
-from .errors import ImproviserError
-from .model import BachLSTM
+from ..errors import ImproviserError
+from ..music.analysis import CopyFinder, overlap, profiles
+from ..music.encoding import Grid
+from .network import BachLSTM
 from .train import fits, piece_arrays
 
 JSB_LOW, JSB_HIGH = 21, 108  # the benchmark's 88 keys

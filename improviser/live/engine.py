@@ -61,10 +61,10 @@ from typing import Any
 import mido
 import numpy as np
 
+from ..model.generator import StreamingGenerator
+from ..music.encoding import N_MIDI, Frame, Grid
+from ..ports.midi import OutputPort
 from .clock import START_DELAY, Clock, Conductor, ConductorStats, MonotonicClock, TempoGrid, TimingSource, VirtualClock
-from .encoding import N_MIDI, Frame, Grid
-from .generator import StreamingGenerator
-from .ports import OutputPort
 from .recorder import PLAYER, Session, SessionRecorder, session_path
 
 log = logging.getLogger(__name__)
@@ -439,7 +439,7 @@ def accompany(generator: StreamingGenerator, melody: Grid, bpm: float, mode: str
     and answer or accompany. The run lasts the melody plus ``extra_beats``. Returns the session:
     the improviser's notes, and the melody on the ``player`` track.
     """
-    from .errors import ImproviserError
+    from ..errors import ImproviserError
     from .listen import InputListener, Listening
 
     step_seconds = 60.0 / bpm / generator.cfg.steps_per_beat

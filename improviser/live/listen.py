@@ -49,9 +49,9 @@ from typing import Any
 import mido
 import numpy as np
 
-from .encoding import N_MIDI, Frame
-from .errors import ImproviserError
-from .generator import MAX_STABILITY
+from ..errors import ImproviserError
+from ..model.generator import MAX_STABILITY
+from ..music.encoding import N_MIDI, Frame
 from .recorder import PLAYER
 
 log = logging.getLogger(__name__)
@@ -365,7 +365,7 @@ def listening_summary(listener: InputListener) -> str:
 
 def start_listening(listener: InputListener, api: str | None, name: str) -> str:
     """Open the input port (``virtual`` or a name to match) with the listener's callback; returns its name."""
-    from .ports import open_input
+    from ..ports.midi import open_input
 
     listener.port = open_input(listener.on_message, api, name)
     return listener.port.name

@@ -27,8 +27,8 @@ from collections.abc import Callable
 
 import mido
 
-from .errors import PortError
-from .ports import OutputPort, find_port, open_output
+from ..errors import PortError
+from .midi import OutputPort, find_port, open_output
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import mido
 
-from .errors import PortError
+from ..errors import PortError
 
 CLIENT_NAME = "improviser"  # every port this program opens has this in its name
 PORT_NAME = "out"
