@@ -168,3 +168,34 @@ def test_numpy_nade_sampler_draws_from_the_torch_distribution():
     for _ in range(n):
         counts[index[tuple(net.sample(h, rng.random(3), 1.0, banned).tolist())]] += 1
     np.testing.assert_allclose(counts / n, p, atol=0.01)
+
+
+def test_numpy_sampler_with_the_player_interval_bias_draws_from_the_torch_distribution():
+    torch.manual_seed(3)
+    cfg = ModelConfig(low=60, n_pitches=3, hidden=8, layers=1, dropout=0.0, states=3, head="nade", nade_hidden=6,
+                      player_input=True, key_memory=True, player_intervals=True)
+    model = BachLSTM(cfg).eval()
+    with torch.no_grad():
+        model.nade_w.normal_(0, 1.5)
+        model.interval_bias.normal_(0, 2.0)
+    frames = _all_frames(3, 3)
+    x = torch.rand(1, 1, cfg.n_inputs)
+    player = np.array([True, False, True])  # the player sounded MIDI 60 and 62 at the previous step
+    x[0, 0, 2 * 3 + 16 + 3: 2 * 3 + 16 + 6] = torch.from_numpy(player.astype(np.float32))
+    with torch.no_grad():
+        p = model(x.expand(len(frames), 1, -1), frames[:, None, :])[:, 0].exp().numpy()
+    net = NumpyLSTM(model)
+    h = net.step(x[0, 0].numpy())
+    rng = np.random.default_rng(0)
+    banned = np.zeros((3, 3), bool)
+    n = 30000
+    counts = np.zeros(len(frames))
+    index = {tuple(f.tolist()): i for i, f in enumerate(frames)}
+    for _ in range(n):
+        counts[index[tuple(net.sample(h, rng.random(3), 1.0, banned, player).tolist())]] += 1
+    np.testing.assert_allclose(counts / n, p, atol=0.01)
+    # The bias matters: without the player's notes the distribution is another one.
+    counts[:] = 0
+    for _ in range(n // 3):
+        counts[index[tuple(net.sample(h, rng.random(3), 1.0, banned, None).tolist())]] += 1
+    assert np.abs(counts / (n // 3) - p).max() > 0.03

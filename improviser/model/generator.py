@@ -164,7 +164,7 @@ class StreamingGenerator:
             banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
             banned[:, 0] = False
         u = self.rng.random(cfg.n_pitches)
-        state = self.net.sample(h, u, self.temperature, banned)
+        state = self.net.sample(h, u, self.temperature, banned, self._player[lo:hi])
         onset = np.zeros(N_MIDI, bool)
         sound = np.zeros(N_MIDI, bool)
         sound[lo:hi] = state != 0

@@ -55,6 +55,7 @@ class ModelConfig:
     nade_hidden: int = 64
     player_input: bool = False  # the player's last frame as its own input (else merged into the model's own)
     key_memory: bool = False  # a 12-pitch-class memory of everything struck, plus how full it is
+    player_intervals: bool = False  # a learned bias on each pitch by its interval to the player's sounding notes
 
     @property
     def n_inputs(self) -> int:
@@ -181,6 +182,22 @@ def frame_targets(onset: np.ndarray, sound: np.ndarray, cfg: ModelConfig) -> np.
     return y.astype(np.int64)
 
 
+INTERVAL_LOW, INTERVAL_HIGH = -36, 12  # semitones from a player's note that the interval bias tells apart
+INTERVAL_BINS = INTERVAL_HIGH - INTERVAL_LOW + 1
+
+
+def interval_index(n: int) -> torch.Tensor:
+    """(n, n) int: the interval bin of pitch p (row) against a player's pitch q (column)."""
+    d = torch.arange(n)[:, None] - torch.arange(n)[None, :]
+    return d.clamp(INTERVAL_LOW, INTERVAL_HIGH) - INTERVAL_LOW
+
+
+def player_sound_columns(cfg: ModelConfig) -> slice:
+    """Where the player's sounding notes sit in the input vector."""
+    col = 2 * cfg.n_pitches + cfg.bar_slots + cfg.n_pitches
+    return slice(col, col + cfg.n_pitches)
+
+
 class BachLSTM(nn.Module):
     """An LSTM over steps with a per-pitch output of ``states`` classes (independent or NADE head)."""
 
@@ -200,6 +217,12 @@ class BachLSTM(nn.Module):
             self.nade_w = nn.Parameter(torch.randn(n, k - 1, hn) * 0.01)
             # ...and each pitch reads its logits off the hidden layer it sees.
             self.nade_v = nn.Parameter(torch.randn(n, k, hn) * 0.01)
+        if cfg.player_intervals:
+            # A bias on every state of every pitch by its distance in semitones to each note the player
+            # sounded at the previous step (-36..+12, clipped): consonance and register relative to the
+            # tune, the same in every key, learned directly rather than through the LSTM.
+            self.interval_bias = nn.Parameter(torch.zeros(INTERVAL_BINS, k))
+            self.register_buffer("interval_index", interval_index(n), persistent=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(frame_t | frames before t) for every step: x (B, T, n_inputs), y (B, T, n_pitches) -> (B, T).
@@ -209,6 +232,9 @@ class BachLSTM(nn.Module):
         h, _ = self.lstm(x)
         h = self.drop(h)
         b = self.head(h).view(*h.shape[:2], self.cfg.n_pitches, self.cfg.states)  # (B, T, n, K)
+        if self.cfg.player_intervals:
+            heard = x[..., player_sound_columns(self.cfg)]  # (B, T, n): the player's notes, previous step
+            b = b + torch.einsum("btq,pqk->btpk", heard, self.interval_bias[self.interval_index])
         if self.cfg.head == "nade":
             onehot = nn.functional.one_hot(y, self.cfg.states)[..., 1:].to(h.dtype)  # (B, T, n, K-1)
             z = torch.einsum("btnk,nkh->btnh", onehot, self.nade_w)  # each pitch's contribution
@@ -238,6 +264,8 @@ class BachLSTM(nn.Module):
         w = {"layers": layers, "head": (f32(self.head.weight), f32(self.head.bias))}
         if self.cfg.head == "nade":
             w["nade"] = (f32(self.nade_c.weight), f32(self.nade_c.bias), f32(self.nade_w), f32(self.nade_v))
+        if self.cfg.player_intervals:
+            w["intervals"] = f32(self.interval_bias[self.interval_index])  # (n, n, K)
         return w
 
 
@@ -254,6 +282,7 @@ class NumpyLSTM:
         self.layers = w["layers"]
         self.head_w, self.head_b = w["head"]
         self.nade = w.get("nade")
+        self.intervals = w.get("intervals")  # (n, n, K) or None
         self.reset()
 
     def reset(self) -> None:
@@ -286,14 +315,18 @@ class NumpyLSTM:
         """Independent head: (n_pitches, states) logits from the top layer's output."""
         return (self.head_w @ h + self.head_b).reshape(self.cfg.n_pitches, self.cfg.states)
 
-    def sample(self, h: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
+    def sample(self, h: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray,
+               player: np.ndarray | None = None) -> np.ndarray:
         """Draw every pitch's state for one step -> int (n_pitches,).
 
         u: uniform draws, one per pitch (inverse-CDF sampling, so a seed fixes the result).
         banned: bool (n_pitches, states), states not allowed here (e.g. "held" for a silent pitch).
+        player: bool (n_pitches,), the player's notes at the previous step (for the interval bias).
         With the NADE head each pitch's distribution depends on the states chosen below it.
         """
         b = self.logits(h).astype(np.float64)
+        if self.intervals is not None and player is not None and player.any():
+            b += self.intervals[:, player].sum(axis=1)
         if self.nade is None:
             return _draw(b, u, temperature, banned)
         wc, bc, nw, nv = self.nade
@@ -335,25 +368,32 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def widen(old: BachLSTM, cfg: ModelConfig) -> BachLSTM:
-    """A listening model that starts as ``old``: same sizes, the new inputs added to its first layer.
+    """A model with more inputs or parts (``cfg``) that starts as ``old`` does.
 
-    The player's frame starts with the weights of the model's own frame (the old model heard the
-    player merged into its own frame, so the new one first behaves as the old one did); the key
-    memory starts at zero weight. Training then tells the two apart.
+    Every weight of the same name and shape is copied. A non-listening model grows the
+    player's frame into its first layer with the weights of its own frame (it heard the
+    player merged into its own frame, so the new one first behaves as the old one did);
+    the key memory and the interval bias start at zero. Training then tells them apart.
     """
     oc = old.cfg
     same = ("low", "n_pitches", "hidden", "layers", "bar_slots", "states", "head", "nade_hidden")
-    if oc.listens or any(getattr(oc, f) != getattr(cfg, f) for f in same):
-        raise CheckpointError("can only widen a non-listening model of the same size into a listening one")
+    if any(getattr(oc, f) != getattr(cfg, f) for f in same):
+        raise CheckpointError("can only widen a model of the same size")
     new = BachLSTM(cfg)
-    state = {k: v.clone() for k, v in old.state_dict().items()}
-    w_old = state["lstm.weight_ih_l0"]  # (4h, 2n + bar_slots)
-    n, old_in = cfg.n_pitches, oc.n_inputs
-    w = torch.zeros(w_old.shape[0], cfg.n_inputs)
-    w[:, :old_in] = w_old
-    if cfg.player_input:
-        w[:, old_in: old_in + 2 * n] = w_old[:, : 2 * n]
-    state["lstm.weight_ih_l0"] = w
+    state = new.state_dict()
+    for name, value in old.state_dict().items():
+        if name in state and state[name].shape == value.shape:
+            state[name] = value.clone()
+    if oc.n_inputs != cfg.n_inputs:
+        if oc.listens:
+            raise CheckpointError("can only widen the inputs of a non-listening model")
+        w_old = old.state_dict()["lstm.weight_ih_l0"]  # (4h, 2n + bar_slots)
+        n, old_in = cfg.n_pitches, oc.n_inputs
+        w = torch.zeros(w_old.shape[0], cfg.n_inputs)
+        w[:, :old_in] = w_old
+        if cfg.player_input:
+            w[:, old_in: old_in + 2 * n] = w_old[:, : 2 * n]
+        state["lstm.weight_ih_l0"] = w
     new.load_state_dict(state)
     return new
 
