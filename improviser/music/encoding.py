@@ -181,6 +181,9 @@ def read_midi(path: str | os.PathLike, steps_per_beat: int = STEPS_PER_BEAT) -> 
             warnings.simplefilter("ignore")
             pm = pretty_midi.PrettyMIDI(str(path))
     except Exception as e:  # pretty_midi/mido raise many kinds of errors on bad files
+        if "largest tick" in str(e):  # pretty_midi refuses files whose last event is past 10^7 ticks
+            raise MidiFileError(f"{path}: too long (hours of music, or a corrupt length); split it into "
+                                "smaller files") from None
         raise MidiFileError(f"{path}: not a readable MIDI file ({type(e).__name__}: {e})") from None
     notes = [n for inst in pm.instruments if not inst.is_drum for n in inst.notes]
     if not notes:

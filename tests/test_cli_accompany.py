@@ -1,0 +1,145 @@
+"""`improviser accompany` and `--key` through typer's CliRunner, with the shipped checkpoint: a harmoniser
+for a melody file, the same engine as live, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mido
+import numpy as np
+import pretty_midi
+import pytest
+from typer.testing import CliRunner
+
+from improviser.cli import app
+from improviser.music.analysis import estimate_key
+from improviser.music.encoding import TimedNote, read_midi, write_midi
+
+runner = CliRunner()
+G_MAJOR_TUNE = [67, 71, 74, 71, 72, 76, 74, 71, 69, 72, 71, 67, 66, 69, 67, 67]  # 4 bars of quarter notes
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *words):
+    assert result.exit_code != 0, result.output
+    err = result.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in result.output
+    for w in words:
+        assert w in err, err
+    return err
+
+
+@pytest.fixture
+def tune(tmp_path) -> Path:
+    path = tmp_path / "tune.mid"
+    notes = [TimedNote(p, i * 0.5, i * 0.5 + 0.48, 90) for i, p in enumerate(G_MAJOR_TUNE)]
+    write_midi(path, {"tune": notes}, bpm=120)
+    return path
+
+
+def tracks(path: Path) -> dict[str, list]:
+    return {inst.name: inst.notes for inst in pretty_midi.PrettyMIDI(str(path)).instruments}
+
+
+def test_accompany_writes_the_tune_on_the_player_track_and_plays_along_from_the_start(tune, tmp_path):
+    out = tmp_path / "out.mid"
+    r = run("accompany", tune, out, "--seed", 1)
+    assert r.exit_code == 0, r.output
+    t = tracks(out)
+    assert [n.pitch for n in t["player"]] == G_MAJOR_TUNE  # the melody, as heard, at its own times
+    assert [round(n.start, 3) for n in t["player"]] == [round(i * 0.5, 3) for i in range(16)]
+    own = t["improviser"]
+    assert own and min(n.start for n in own) < 0.5  # it plays along from the first beat
+    assert mido.MidiFile(out).length == pytest.approx(8.0 + 4 * 0.5, abs=0.01)  # the tune at 120 bpm + 4 beats
+    # The same seed gives the same accompaniment: a reproducible live session.
+    again = tmp_path / "again.mid"
+    assert run("accompany", tune, again, "--seed", 1).exit_code == 0
+    assert [(n.pitch, n.start) for n in tracks(again)["improviser"]] == [(n.pitch, n.start) for n in own]
+
+
+def test_respond_mode_is_silent_while_the_tune_plays_then_answers(tune, tmp_path):
+    out = tmp_path / "out.mid"
+    r = run("accompany", tune, out, "--mode", "respond", "--seed", 2, "--extra-beats", 16)
+    assert r.exit_code == 0, r.output
+    own = tracks(out)["improviser"]
+    assert own, "it never answered"
+    # The tune's last note ends at 7.98 s; it waits 2 beats (1 s at 120 bpm) of silence.
+    assert min(n.start for n in own) >= 8.0 + 1.0 - 0.125 - 1e-6
+
+
+def test_a_named_key_holds_the_answer_there(tune, tmp_path, model):
+    if not model.cfg.key_memory:
+        pytest.fail("the shipped checkpoint has no key memory")
+    out = tmp_path / "out.mid"
+    r = run("accompany", tune, out, "--mode", "respond", "--seed", 3, "--extra-beats", 40, "--key", "Eb major")
+    assert r.exit_code == 0, r.output
+    grid = read_midi(out)
+    own = grid.sound.copy()
+    player = {n.pitch for n in tracks(out)["player"]}
+    own[:, sorted(player)] &= False  # crude but enough: judge the improviser's notes only
+    from improviser.music.encoding import Grid
+
+    tonic, mode, _ = estimate_key(Grid(grid.onset & own, own))
+    assert (tonic, mode) in {(3, "major"), (0, "minor")}, (tonic, mode)  # Eb major or its relative
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tune, tmp_path):
+    out = tmp_path / "out.mid"
+    not_midi = tmp_path / "notes.mid"
+    not_midi.write_text("these are not the notes you are looking for")
+    empty = tmp_path / "empty.mid"
+    write_midi(empty, {"nothing": []}, bpm=120)
+    drums = tmp_path / "drums.mid"
+    pm = pretty_midi.PrettyMIDI()
+    kit = pretty_midi.Instrument(0, is_drum=True)
+    kit.notes = [pretty_midi.Note(100, 36 + i % 3, i * 0.25, i * 0.25 + 0.1) for i in range(16)]
+    pm.instruments.append(kit)
+    pm.write(str(drums))
+    hours = tmp_path / "hours.mid"
+    write_midi(hours, {"drone": [TimedNote(60, 0.0, 3 * 3600.0), TimedNote(64, 3 * 3600.0 - 1, 3 * 3600.0)]},
+               bpm=120)
+    long = tmp_path / "long.mid"  # 40 minutes: readable, but more than accompany takes
+    write_midi(long, {"drone": [TimedNote(60 + i % 12, i * 1.0, i * 1.0 + 0.9) for i in range(2400)]}, bpm=120)
+    cases = [
+        ((not_midi, out), ["not a readable MIDI file"]),
+        ((tmp_path / "missing.mid", out), ["no such MIDI file"]),
+        ((empty, out), ["no pitched notes"]),
+        ((drums, out), ["no pitched notes"]),
+        ((hours, out), ["too long"]),
+        ((long, out), ["minutes"]),
+        ((tune, out, "--key", "H minor"), ["--key", "not a key"]),
+        ((tune, out, "--key", "D dorian"), ["--key"]),
+        ((tune, out, "--mode", "duet"), ["--mode"]),
+        ((tune, out, "--bpm", 0), ["--bpm"]),
+        ((tune, tmp_path / "no" / "such" / "folder" / "o.mid"), ["does not exist"]),
+    ]
+    for args, words in cases:
+        one_line_error(run("accompany", *args), *words)
+        assert not out.exists()
+
+
+def test_key_option_on_generate_and_a_bad_key_everywhere(tmp_path):
+    out = tmp_path / "g.mid"
+    r = run("generate", out, "--seconds", 8, "--seed", 4, "--key", "F# minor")
+    assert r.exit_code == 0, r.output
+    tonic, mode, _ = estimate_key(read_midi(out))
+    assert (tonic, mode) in {(6, "minor"), (9, "major")}, (tonic, mode)  # F# minor or its relative, A major
+    for cmd in (["generate", out], ["record", out], ["play"]):
+        one_line_error(run(*cmd, "--key", "Q major"), "--key")
+
+
+def test_the_listening_figures_are_in_range_on_a_few_tunes(model):
+    """The audition runs end to end on held-out tunes (the figures themselves are in the README)."""
+    from improviser.live.audition import listening
+
+    r = listening(model, n_melodies=4, progress=False)
+    assert r["n_tunes"] == 4 and r["n_chorales"] > 20
+    for k in r["keys"].values():
+        assert 0.0 <= k["same_or_relative"] <= k["close"] <= 1.0
+    bach = r["consonance"]["Bach: lower voices vs soprano"]
+    assert 0.7 < bach["consonant_share"] < 0.82  # his three lower voices against his soprano
+    assert np.isfinite(r["consonance"]["accompanying"]["notes_per_step"])
