@@ -29,7 +29,8 @@ import threading
 import time
 
 import numpy as np
-from jackrig import PERIOD, RATE, jack_server  # noqa: E402 (benchmarks run as scripts from this folder)
+
+from improviser.testing import PERIOD, RATE, JackUnavailable, jack_server
 
 
 def main() -> None:
@@ -197,4 +198,7 @@ def report(args, r: dict, c: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except JackUnavailable as e:
+        sys.exit(str(e))  # one line: jackd is missing or did not start

@@ -3,10 +3,10 @@
     python benchmarks/soak.py [SECONDS] [--seed 11]
 
 Starts its own JACK server (dummy driver, 48 kHz, -p 32, synchronous, not real-time, as in the tests), a
-monitor port in this process, and runs the same soak as ``tests/test_soak.py`` (whose ``soak`` it calls):
+monitor port in this process, and runs the same soak as ``tests/test_soak.py`` (``improviser.testing.soak``):
 ``improviser play`` as a subprocess writing a session file every 10 s, a flood process connected to its
 ``improviser:in`` sending random notes on all channels, controllers (none of the live controls), pitch bend,
-sysex and clock; SIGTERM at the end. Prints:
+sysex, clock, aftertouch and active sensing; SIGTERM at the end. Prints:
 
 - onset error p50/p99/max: every onset in the session files (the improviser's send times) against the
   300 bpm 16th grid;
@@ -25,9 +25,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from jackrig import PERIOD, RATE, jack_server  # noqa: E402 (benchmarks run as scripts from this folder)
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
+from improviser.testing import PERIOD, RATE, JackUnavailable, Monitor, first_difference, jack_server, soak
 
 
 def main() -> None:
@@ -35,29 +34,25 @@ def main() -> None:
     ap.add_argument("seconds", nargs="?", type=float, default=600.0)
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()
-    sys.path.insert(0, str(TESTS))
-    from conftest import Monitor
-    from test_soak import BPM, SESSION_SECONDS, first_difference, soak
-
     with jack_server("improviser-soak"):
         monitor = Monitor()
         try:
             with tempfile.TemporaryDirectory() as folder:
                 r = soak(monitor, Path(folder) / "sessions", args.seconds, args.seed)
-                report(args, r, BPM, SESSION_SECONDS, first_difference)
+                report(r)
         finally:
             monitor.close()  # before the server goes, or rtmidi crashes at exit
 
 
-def report(args, r: dict, bpm: float, session_seconds: float, first_difference) -> None:
+def report(r: dict) -> None:
     resid = r["resid"] * 1e3
     a = np.abs(resid)
     n = min(200, len(resid) // 2)
     lags = (r["lags"] - np.median(r["lags"])) * 1e3
     m = min(200, len(lags) // 2)
     sent = r["sent"]
-    print(f"soak: {r['elapsed']:.0f} s of play --mode accompany at {bpm:g} bpm, a session every "
-          f"{session_seconds:g} s; JACK dummy {RATE} Hz -p {PERIOD}, not real-time")
+    print(f"soak: {r['elapsed']:.0f} s of play --mode accompany at {r['bpm']:g} bpm, a session every "
+          f"{r['session_seconds']:g} s; JACK dummy {RATE} Hz -p {PERIOD}, not real-time")
     print(f"process: up throughout {r['up']}, exit code {r['code']}, {len(r['files'])} session files, "
           f"peak RSS {r['rss_mb']:.0f} MiB")
     print(f"onset error (files vs the 16th grid, {len(resid)} onsets): p50 {np.percentile(a, 50):.2f}  "
@@ -69,7 +64,8 @@ def report(args, r: dict, bpm: float, session_seconds: float, first_difference) 
     rate = sent["messages"] / sent["seconds"]
     print(f"flood: {sent['messages']} messages in {sent['seconds']:.1f} s ({rate:.0f}/s): "
           f"{sent['note_ons']} note-ons, {sent['note_offs']} note-offs, {sent['controls']} CCs, "
-          f"{sent['pitchwheel']} pitch bends, {sent['sysex']} sysex, {sent['clock']} clock")
+          f"{sent['pitchwheel']} pitch bends, {sent['sysex']} sysex, {sent['clock']} clock, "
+          f"{sent['aftertouch']} aftertouch, {sent['active_sensing']} active sensing")
     same = [h[0] for h in r["heard"]] == [s[0] for s in r["saved"]]
     print(f"notes: played {len(r['saved'])} (in the files, joined at the seams), heard {len(r['heard'])} at the "
           f"monitor, same pitches in the same order {same}; flood note-ons recorded on the player track "
@@ -80,4 +76,7 @@ def report(args, r: dict, bpm: float, session_seconds: float, first_difference) 
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except JackUnavailable as e:
+        sys.exit(str(e))  # one line: jackd is missing or did not start

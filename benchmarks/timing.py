@@ -30,7 +30,8 @@ import sys
 import time
 
 import numpy as np
-from jackrig import PERIOD, RATE, jack_server  # noqa: E402 (benchmarks run as scripts from this folder)
+
+from improviser.testing import PERIOD, RATE, JackUnavailable, jack_server
 
 
 def main() -> None:
@@ -204,4 +205,7 @@ def report(args, results: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except JackUnavailable as e:
+        sys.exit(str(e))  # one line: jackd is missing or did not start

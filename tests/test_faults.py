@@ -16,58 +16,17 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import Monitor
-from test_live_jack import file_notes, wait_for
 
 from improviser.model.data import find_midi_files
+from improviser.testing import Monitor, Run, file_notes, wait_for
 
 pytestmark = pytest.mark.jack
 
 SESSION_NAME = re.compile(r"session-.*-(\d{4})(-\d+)?\.mid$")
-
-
-class Service:
-    """``python -m improviser ARGS`` in a subprocess, its stderr collected line by line as it comes."""
-
-    def __init__(self, *args: str, env: dict | None = None, cwd: Path | None = None):
-        self.proc = subprocess.Popen([sys.executable, "-m", "improviser", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env or dict(os.environ), cwd=cwd)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def count(self, pattern: str) -> int:
-        return sum(1 for line in list(self.lines) if re.search(pattern, line))
-
-    def wait_for_line(self, pattern: str, n: int = 1, timeout: float = 30) -> None:
-        wait_for(lambda: self.count(pattern) >= n or self.proc.poll() is not None, timeout,
-                 f"{n} line(s) matching {pattern!r}; got:\n" + "\n".join(self.lines))
-        assert self.proc.poll() is None, "the service exited:\n" + "\n".join(self.lines)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            code = self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self._reader.join(5)
-        return code
-
-    def text(self) -> str:
-        return "\n".join(self.lines)
 
 
 def sessions_by_index(*folders: Path) -> dict[int, Path]:
@@ -99,16 +58,16 @@ def test_output_peer_quits_and_comes_back(jack_server, tmp_path):
     folder = tmp_path / "sessions"
     client = f"synth{os.getpid()}"
     first = Monitor(client=client)
-    svc = Service("play", "--sessions", str(folder), "--session-seconds", "2", "--bpm", "200", "--seed", "4",
+    svc = Run("play", "--sessions", str(folder), "--session-seconds", "2", "--bpm", "200", "--seed", "4",
                   "--api", "jack", "--output", client)
     second = None
     try:
         wait_for(lambda: len(heard_onsets(first)) >= 10, 40, "the improviser to play into the first synth")
         first.close()  # the synth quits mid-phrase
-        svc.wait_for_line(r"warning: lost MIDI output .*still playing and recording", timeout=15)
+        svc.wait_for(r"warning: lost MIDI output .*still playing and recording", timeout=15)
         time.sleep(1.0)  # it plays into the void for a while
         second = Monitor(client=client)  # the synth is started again, same name
-        svc.wait_for_line(r"^reconnected to MIDI output", timeout=15)
+        svc.wait_for(r"^reconnected to MIDI output", timeout=15)
         wait_for(lambda: len(heard_onsets(second)) >= 10, 30, "the improviser to play into the restarted synth")
         assert svc.proc.poll() is None, svc.text()
         code = svc.stop()
@@ -135,20 +94,20 @@ def test_output_peer_quits_and_comes_back(jack_server, tmp_path):
 def test_sessions_folder_vanishes_and_comes_back(jack_server, tmp_path):
     folder = tmp_path / "sessions"
     moved = tmp_path / "moved-away"
-    svc = Service("play", "--sessions", str(folder), "--session-seconds", "1", "--bpm", "240", "--seed", "2",
+    svc = Run("play", "--sessions", str(folder), "--session-seconds", "1", "--bpm", "240", "--seed", "2",
                   "--api", "jack")
     try:
-        svc.wait_for_line(r"^wrote ", 2, timeout=40)
+        svc.wait_for(r"^wrote ", 2, timeout=40)
         folder.rename(moved)  # the folder vanishes (its earlier files stay with it)
-        svc.wait_for_line(r"warning: cannot save session \d+ in .*the folder .* is gone.*keeping it in memory")
+        svc.wait_for(r"warning: cannot save session \d+ in .*the folder .* is gone.*keeping it in memory")
         folder.write_text("not a folder")  # now a file stands where the folder was
-        svc.wait_for_line(r"warning: cannot save session \d+ in .*no longer a folder", timeout=15)
+        svc.wait_for(r"warning: cannot save session \d+ in .*no longer a folder", timeout=15)
         assert_no_socket_listens(svc.proc.pid)  # while it plays, nothing listens on the network
         folder.unlink()
         folder.mkdir()  # the folder is back
-        svc.wait_for_line(r"saving works again", timeout=15)
+        svc.wait_for(r"saving works again", timeout=15)
         written = svc.count(r"^wrote ")
-        svc.wait_for_line(r"^wrote ", written + 1, timeout=15)  # and later sessions are saved as they come
+        svc.wait_for(r"^wrote ", written + 1, timeout=15)  # and later sessions are saved as they come
         code = svc.stop()
     finally:
         svc.stop(signal.SIGKILL)
@@ -168,10 +127,10 @@ def test_sessions_folder_vanishes_and_comes_back(jack_server, tmp_path):
 
 def test_sigkill_keeps_every_earlier_session_whole(jack_server, tmp_path):
     folder = tmp_path / "sessions"
-    svc = Service("play", "--sessions", str(folder), "--session-seconds", "1", "--bpm", "240", "--seed", "6",
+    svc = Run("play", "--sessions", str(folder), "--session-seconds", "1", "--bpm", "240", "--seed", "6",
                   "--api", "jack")
     try:
-        svc.wait_for_line(r"^wrote ", 3, timeout=40)
+        svc.wait_for(r"^wrote ", 3, timeout=40)
         time.sleep(0.5)  # mid-session
     finally:
         svc.stop(signal.SIGKILL)
@@ -192,10 +151,10 @@ def test_sigkill_keeps_every_earlier_session_whole(jack_server, tmp_path):
     assert leftover not in find_midi_files([folder])
     # ... and the next run in the same folder tidies it away and overwrites nothing.
     os.utime(leftover, (time.time() - 3600, time.time() - 3600))
-    again = Service("play", "--sessions", str(folder), "--session-seconds", "1", "--bpm", "240", "--seed", "6",
+    again = Run("play", "--sessions", str(folder), "--session-seconds", "1", "--bpm", "240", "--seed", "6",
                     "--api", "jack")
     try:
-        again.wait_for_line(r"^wrote ", 1, timeout=40)
+        again.wait_for(r"^wrote ", 1, timeout=40)
         code = again.stop()
     finally:
         again.stop(signal.SIGKILL)
@@ -217,16 +176,16 @@ def test_record_and_play_write_only_where_asked(jack_server, tmp_path):
     # HOME, the temp folder and the working folder all point into the test's folder, where they are watched.
     env.update(HOME=str(home), TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1")
     before = tree(tmp_path)
-    take = Service("record", "take.mid", "--seconds", "1", "--api", "jack", env=env, cwd=cwd)
+    take = Run("record", "take.mid", "--seconds", "1", "--api", "jack", env=env, cwd=cwd)
     try:
         code = take.proc.wait(60)
     finally:
         take.stop(signal.SIGKILL)
     assert code == 0, take.text()
-    svc = Service("play", "--sessions", "out", "--session-seconds", "1", "--bpm", "240", "--api", "jack",
+    svc = Run("play", "--sessions", "out", "--session-seconds", "1", "--bpm", "240", "--api", "jack",
                   env=env, cwd=cwd)
     try:
-        svc.wait_for_line(r"^wrote ", 1, timeout=40)
+        svc.wait_for(r"^wrote ", 1, timeout=40)
         assert_no_socket_listens(svc.proc.pid)
         code = svc.stop()
     finally:

@@ -9,14 +9,14 @@ from improviser.cli import app
 from improviser.model.network import load_checkpoint
 
 ROOT = Path(__file__).parents[1]
-JSB = ROOT.parent / "shared" / "data" / "jsb-chorales" / "jsb-chorales-quarter.json"
 
 
-def test_shipped_jsb_model_beats_the_published_table_on_test():
+def test_shipped_jsb_model_beats_the_published_table_on_test(shared_data):
+    jsb = shared_data("jsb-chorales/jsb-chorales-quarter.json")  # outside the repository, in ../shared/data
     model, ckpt = load_checkpoint(ROOT / "checkpoints" / "jsb.pt")
     assert model.cfg.head == "nade" and model.cfg.states == 2
     assert "train split" in ckpt["trained_on"]
-    r = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ROOT / "checkpoints" / "jsb.pt"), "--jsb", str(JSB),
+    r = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(ROOT / "checkpoints" / "jsb.pt"), "--jsb", str(jsb),
                                  "--split", "test"])
     assert r.exit_code == 0, r.output
     out = dict(line.split(" ", 1) for line in r.stdout.splitlines())

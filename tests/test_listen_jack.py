@@ -9,22 +9,18 @@ at 100 then 140 bpm with start/stop, and a flood of junk that neither disturbs t
 from __future__ import annotations
 
 import json
-import random
 import re
-import subprocess
-import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import mido
 import numpy as np
 import pytest
-from test_live_jack import file_notes, improviser, monitor_notes
 
 from improviser.music.analysis import key_correlation
 from improviser.music.encoding import Grid
+from improviser.testing import Monitor, Run, file_notes, grid_residuals, monitor_notes, start_flood
 
 pytestmark = pytest.mark.jack
 
@@ -60,39 +56,6 @@ def player(jack_server):
         yield p
     finally:
         p.close()
-
-
-class Run:
-    """An improviser subprocess whose stderr is read as it comes, so a test can wait for a line."""
-
-    def __init__(self, *args: str):
-        self.proc = improviser(*args)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail(f"no {text!r} from the improviser: {''.join(self.lines)[-2000:]}")
-            time.sleep(0.02)
-
-    def finish(self, timeout: float = 60) -> str:
-        try:
-            self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-        self._reader.join(5)
-        err = "".join(self.lines)
-        assert self.proc.returncode == 0, err
-        return err
 
 
 def sleep_until(t: float) -> None:
@@ -152,8 +115,6 @@ def call_and_response(player: Player, monitor, out, tonic: int, seed: int, resul
 
 
 def test_answers_in_the_players_key_and_is_silent_while_the_player_plays(jack_server, tmp_path):
-    from conftest import Monitor
-
     results: dict = {}
     waves = [[(0, 1), (6, 1)], [(0, 2), (6, 2)]]  # (tonic, seed): two seeds per key
     runs = [run for wave in waves for run in wave]
@@ -342,70 +303,9 @@ def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player,
         f"worst {np.abs(err_ms).max():.2f} ms")
 
 
-def flood(client: str, seconds: float, seed: int = 0) -> None:
-    """Run in a process of its own: open a JACK output ``client:out``, say "ready", wait for a line on stdin,
-    then send about 2,000 random messages a second for ``seconds``; print how many note-ons it sent."""
-    import json
-    import sys
-
-    backend = mido.Backend("mido.backends.rtmidi/UNIX_JACK", load=True)
-    port = backend.open_output("out", client_name=client)
-    print("ready", flush=True)
-    sys.stdin.readline()
-    rng = random.Random(seed)
-    held: set[tuple[int, int]] = set()
-    n = note_ons = 0
-    t_end = time.monotonic() + seconds
-    while time.monotonic() < t_end:
-        kind = rng.random()
-        if kind < 0.4:  # notes on every channel
-            ch, note = rng.randrange(16), rng.randrange(128)
-            if (ch, note) in held:
-                held.discard((ch, note))
-                port.send(mido.Message("note_off", channel=ch, note=note))
-            else:
-                held.add((ch, note))
-                port.send(mido.Message("note_on", channel=ch, note=note, velocity=rng.randrange(1, 128)))
-                note_ons += 1
-        elif kind < 0.6:  # controllers, but none of the live controls (they would change the music)
-            port.send(mido.Message("control_change", channel=rng.randrange(16),
-                                   control=rng.choice([1, 7, 10, 11, 64, 91, 93]), value=rng.randrange(128)))
-        elif kind < 0.75:
-            port.send(mido.Message("pitchwheel", channel=rng.randrange(16), pitch=rng.randrange(-8192, 8192)))
-        elif kind < 0.85:
-            port.send(mido.Message("sysex", data=[rng.randrange(128) for _ in range(rng.randrange(1, 40))]))
-        else:
-            port.send(mido.Message(rng.choice(["clock", "aftertouch", "active_sensing"])))
-        n += 1
-        if n % 4 == 0:
-            time.sleep(0.002)
-    for ch, note in held:
-        port.send(mido.Message("note_off", channel=ch, note=note))
-    time.sleep(0.05)
-    port.close()
-    print(json.dumps({"messages": n, "note_ons": note_ons}), flush=True)
-
-
-def start_flood(seconds: float) -> tuple[subprocess.Popen, str]:
-    """A flood process whose port is open (it floods once told to); returns it and its client name."""
-    client = f"flood{uuid.uuid4().hex[:6]}"
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            f"from test_listen_jack import flood; flood({client!r}, {seconds})")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    return proc, client
-
-
-def grid_residuals(times: np.ndarray, step: float) -> np.ndarray:
-    """How far each time is from a grid of ``step`` (its phase: the median), in seconds."""
-    phase = (times - times[0]) / step
-    resid = (phase - np.round(phase)) * step
-    return resid - np.median(resid)
-
-
 def test_a_flood_of_junk_neither_disturbs_the_timing_nor_loses_a_note(monitor, tmp_path):
     out = tmp_path / "flood.mid"
-    flooder, client = start_flood(4.0)
+    flooder, client = start_flood(4.0, rate=2000)  # about 2,000 messages a second
     try:
         run = Run("record", str(out), "--seconds", "7", "--bpm", "150", "--seed", "6", "--api", "jack",
                   "--output", monitor.client, "--input", client, "--mode", "accompany")

@@ -13,70 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import mido
 import numpy as np
 import pytest
+
+from improviser.testing import assert_all_notes_off_sent_last, file_notes, finish, improviser, monitor_notes, wait_for
 
 pytestmark = pytest.mark.jack
 
 TYPICAL = 0.003  # s: a file's ticks (~1 ms at 120 bpm) plus JACK's period (0.67 ms) plus scheduling
 WORST = 0.03  # s: a fifth of a step at 150 bpm; a note played a step early or late is far outside
-
-
-def improviser(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "improviser", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=dict(os.environ), **kwargs)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
-
-
-def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def monitor_notes(monitor) -> list[tuple[int, float, float]]:
-    """(pitch, on, off) of every note the monitor heard, in order; fails on a note-on never turned off."""
-    notes, sounding = [], {}
-    for t, msg in monitor.messages("note_on", "note_off"):
-        key = (msg.channel, msg.note)
-        if key in sounding:  # a note-off, or a re-strike without one (then the old note ends too)
-            notes.append((msg.note, sounding.pop(key), t))
-        if msg.type == "note_on" and msg.velocity > 0:
-            sounding[key] = t
-    assert not sounding, f"notes left hanging at the monitor: {sorted(sounding)}"
-    return sorted(notes, key=lambda n: (n[1], n[0]))
-
-
-def file_notes(path: Path, track: str = "improviser") -> tuple[list[tuple[int, float, float]], float, list[str]]:
-    """(pitch, start, end) in seconds of one track, the file's length, and its track names."""
-    mid = mido.MidiFile(path)
-    tempo = next(m.tempo for m in mid.tracks[0] if m.type == "set_tempo")
-    names = [next((m.name for m in tr if m.type == "track_name"), "") for tr in mid.tracks]
-    notes, sounding, length = [], {}, 0.0
-    for tr in mid.tracks:
-        ticks = 0
-        name = next((m.name for m in tr if m.type == "track_name"), "")
-        for msg in tr:
-            ticks += msg.time
-            t = mido.tick2second(ticks, mid.ticks_per_beat, tempo)
-            length = max(length, t)
-            if name != track or msg.type not in ("note_on", "note_off"):
-                continue
-            if msg.note in sounding:
-                notes.append((msg.note, sounding.pop(msg.note), t))
-            if msg.type == "note_on" and msg.velocity > 0:
-                sounding[msg.note] = t
-    assert not sounding, f"{path}: notes never turned off"
-    return sorted(notes, key=lambda n: (n[1], n[0])), length, names
 
 
 def assert_same_notes(heard: list, saved: list) -> None:
@@ -94,14 +40,6 @@ def assert_same_notes(heard: list, saved: list) -> None:
     worst = np.unravel_index(np.argmax(err), err.shape)
     assert err.max() < WORST, (f"pitch {heard[worst[0]][0]}: its {('start', 'end')[worst[1]]} is "
                                f"{err.max() * 1e3:.1f} ms off the file's")
-
-
-def assert_all_notes_off_sent_last(monitor) -> None:
-    msgs = monitor.messages()
-    cc123 = [i for i, (_, m) in enumerate(msgs) if m.type == "control_change" and m.control == 123]
-    notes = [i for i, (_, m) in enumerate(msgs) if m.type in ("note_on", "note_off")]
-    assert cc123, "no CC 123 (all notes off) at the monitor"
-    assert cc123[-1] > notes[-1], "CC 123 came before the last note message"
 
 
 def test_record_plays_into_a_port_exactly_what_it_saves(monitor, tmp_path):

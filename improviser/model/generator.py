@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 from ..errors import ImproviserError
+from ..music import analysis
 from ..music.encoding import N_MIDI, Frame, Grid
 from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
@@ -27,34 +28,20 @@ def check_controls(temperature: float, note_stability: int) -> None:
                               f"(got {note_stability})")
 
 
-NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
-_FLATS = {"Db": 1, "Eb": 3, "Gb": 6, "Ab": 8, "Bb": 10, "Cb": 11, "Fb": 4, "E#": 5, "B#": 0}
-# Krumhansl-Kessler probe-tone profiles, tonic first: the fallback for a checkpoint without its own.
-_KK = {"major": [6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88],
-       "minor": [6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17]}
-
-
 def parse_key(name: str | None) -> tuple[int, str] | None:
-    """'auto' (or None) -> None; 'D minor', 'F# major', 'Bb', 'c#m', 'Eb minor' -> (tonic pitch class, mode)."""
+    """--key: 'auto' (or None) -> None; 'D minor', 'F# major', 'Bb', 'c#m' -> (tonic pitch class, mode)."""
     if name is None or name.strip().lower() in ("", "auto"):
         return None
-    text = name.strip().replace("♯", "#").replace("♭", "b")
-    parts = text.split()
-    tonic_txt, mode = parts[0], (parts[1].lower() if len(parts) > 1 else "major")
-    if len(parts) == 1 and len(tonic_txt) > 1 and tonic_txt[-1] == "m" and tonic_txt[:-1]:
-        tonic_txt, mode = tonic_txt[:-1], "minor"
-    mode = {"maj": "major", "major": "major", "min": "minor", "minor": "minor", "m": "minor"}.get(mode)
-    t = tonic_txt[:1].upper() + tonic_txt[1:].lower().replace("s", "#") if tonic_txt else ""
-    tonic = NOTE_NAMES.index(t) if t in NOTE_NAMES else _FLATS.get(t)
-    if tonic is None or mode is None or len(parts) > 2:
+    try:
+        return analysis.parse_key(name)
+    except ValueError:
         raise ImproviserError(f"--key {name!r} is not a key; write auto, or a tonic and a mode such as "
-                              "'D minor', 'F# major', 'Bb major'")
-    return tonic, mode
+                              "'D minor', 'F# major', 'Bb major'") from None
 
 
 def key_shares(model: BachLSTM, key: tuple[int, str]) -> np.ndarray:
     """What the key memory holds in ``key``: the checkpoint's own profile (or Krumhansl's) turned to its tonic."""
-    profiles = getattr(model, "key_profiles", None) or _KK
+    profiles = getattr(model, "key_profiles", None) or {"major": analysis.MAJOR, "minor": analysis.MINOR}
     return np.roll(np.asarray(profiles[key[1]], np.float64), key[0])
 
 
@@ -85,13 +72,15 @@ class StreamingGenerator:
         self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
-        self.memory = KeyMemory()
+        self.memory = KeyMemory()  # everything struck, the player's and its own
+        self.player_memory = KeyMemory()  # the player's notes alone
         pinned = parse_key(key)
         if pinned is not None:
             if not self.cfg.key_memory:
                 raise ImproviserError(f"--key {key!r}: this checkpoint has no key memory to hold a key in "
                                       "(it was trained before listening models); use --key auto")
             self.memory.pin(key_shares(model, pinned))
+            self.player_memory.pin(key_shares(model, pinned))
         self.temperature = float(temperature)
         self.note_stability = int(note_stability)
         self.rng = np.random.default_rng(seed)
@@ -102,6 +91,7 @@ class StreamingGenerator:
         """Forget everything: silent, hidden state zero, at the start of a bar."""
         self.net.reset()
         self.memory.reset()
+        self.player_memory.reset()
         self.step_index = 0
         self.last = Frame.silent()  # what the improviser itself sounded at the previous step
         self.age = np.zeros(N_MIDI, np.int64)  # steps each of its sounding notes has lasted
@@ -133,9 +123,11 @@ class StreamingGenerator:
         if self.cfg.player_input:
             # The key memory takes the previous step's notes, the model's and the player's, before this one.
             self.memory.strike(self.last.onset | heard.onset)
+            self.player_memory.strike(heard.onset)
             mem = self.memory.features()[None] if self.cfg.key_memory else None
+            pmem = self.player_memory.features()[None] if self.cfg.player_key_memory else None
             x = frame_features(self.last.onset[None], self.last.sound[None], pos, self.cfg,
-                               heard.onset[None], heard.sound[None], mem)[0]
+                               heard.onset[None], heard.sound[None], mem, pmem)[0]
         else:
             inp = self.last.union(heard)
             x = frame_features(inp.onset[None], inp.sound[None], pos, self.cfg)[0]

@@ -7,11 +7,12 @@ range, one of three states: 0 = silent, 1 = held on from the previous step,
 lengths and re-struck notes. (A two-state model, silent/sounding, is used for
 the JSB Chorales benchmark, whose frames carry no onsets.)
 
-A *listening* model (``player_input``, ``key_memory`` in its config) reads three
-more things: the player's notes of the previous step as their own input, apart
-from what it played itself, and a key memory -- the pitch classes of every note
-struck by either, decayed only when notes are struck, so silence never fades it
-(``KeyMemory``; the same code computes it in training and live).
+A *listening* model (``player_input``, ``key_memory``, ``player_key_memory`` in its
+config) reads more: the player's notes of the previous step as their own input, apart
+from what it played itself, and two key memories -- the pitch classes of every note
+struck by either, and of the player's notes alone (which its own notes never move),
+each decayed only when notes are struck, so silence never fades them (``KeyMemory``;
+the same code computes them in training and live).
 
 Two output heads:
 - ``independent``: every pitch's state from the LSTM state alone;
@@ -56,6 +57,7 @@ class ModelConfig:
     player_input: bool = False  # the player's last frame as its own input (else merged into the model's own)
     key_memory: bool = False  # a 12-pitch-class memory of everything struck, plus how full it is
     player_intervals: bool = False  # a learned bias on each pitch by its interval to the player's sounding notes
+    player_key_memory: bool = False  # a second key memory of the player's notes alone (its own never move it)
 
     @property
     def n_inputs(self) -> int:
@@ -63,6 +65,8 @@ class ModelConfig:
         if self.player_input:
             n += 2 * self.n_pitches  # onset + sound of the player's last frame
         if self.key_memory:
+            n += KEY_FEATURES
+        if self.player_key_memory:
             n += KEY_FEATURES
         return n
 
@@ -143,7 +147,7 @@ def _key_features(counts: np.ndarray) -> np.ndarray:
 
 def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig,
                    player_onset: np.ndarray | None = None, player_sound: np.ndarray | None = None,
-                   memory: np.ndarray | None = None) -> np.ndarray:
+                   memory: np.ndarray | None = None, player_memory: np.ndarray | None = None) -> np.ndarray:
     """Model inputs for a run of steps.
 
     onset, sound: bool (T, 128), the model's own frame *before* each predicted step.
@@ -151,6 +155,7 @@ def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cf
     player_onset, player_sound: bool (T, 128), the player's frame before each step
         (a listening model only; None = the player was silent).
     memory: float32 (T, KEY_FEATURES), the key memory before each step (key-memory models only).
+    player_memory: float32 (T, KEY_FEATURES), the key memory of the player's notes alone.
     Returns float32 (T, n_inputs).
     """
     hi = cfg.low + cfg.n_pitches
@@ -169,6 +174,10 @@ def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cf
     if cfg.key_memory:
         if memory is not None:
             x[:, col: col + KEY_FEATURES] = memory
+        col += KEY_FEATURES
+    if cfg.player_key_memory:
+        if player_memory is not None:
+            x[:, col: col + KEY_FEATURES] = player_memory
         col += KEY_FEATURES
     return x
 
@@ -385,13 +394,11 @@ def widen(old: BachLSTM, cfg: ModelConfig) -> BachLSTM:
         if name in state and state[name].shape == value.shape:
             state[name] = value.clone()
     if oc.n_inputs != cfg.n_inputs:
-        if oc.listens:
-            raise CheckpointError("can only widen the inputs of a non-listening model")
-        w_old = old.state_dict()["lstm.weight_ih_l0"]  # (4h, 2n + bar_slots)
+        w_old = old.state_dict()["lstm.weight_ih_l0"]  # (4h, old inputs)
         n, old_in = cfg.n_pitches, oc.n_inputs
         w = torch.zeros(w_old.shape[0], cfg.n_inputs)
-        w[:, :old_in] = w_old
-        if cfg.player_input:
+        w[:, :old_in] = w_old  # new inputs are appended after the old ones, with zero weight
+        if cfg.player_input and not oc.player_input:
             w[:, old_in: old_in + 2 * n] = w_old[:, : 2 * n]
         state["lstm.weight_ih_l0"] = w
     new.load_state_dict(state)

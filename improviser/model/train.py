@@ -129,7 +129,9 @@ def listening_arrays(voices: list[tuple[np.ndarray, np.ndarray]], bar_pos: np.nd
         return np.vstack([np.zeros((1, a.shape[1]), a.dtype), a[:-1]])
 
     memory = KeyMemory.sequence(own_on | pl_on) if cfg.key_memory else None
-    x = frame_features(before(own_on), before(own_snd), bar_pos, cfg, before(pl_on), before(pl_snd), memory)
+    player_memory = KeyMemory.sequence(pl_on) if cfg.player_key_memory else None
+    x = frame_features(before(own_on), before(own_snd), bar_pos, cfg, before(pl_on), before(pl_snd), memory,
+                       player_memory)
     return x, frame_targets(own_on, own_snd, cfg), mask
 
 

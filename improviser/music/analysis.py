@@ -6,6 +6,8 @@ improviser plays (e.g. that it answers in the player's key).
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .encoding import Grid
@@ -35,6 +37,23 @@ def estimate_key(grid: Grid) -> tuple[int, str, float]:
             if r > best[2]:
                 best = (tonic, mode, r)
     return best
+
+
+_LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
+_MODES = {"": "major", "maj": "major", "major": "major", "m": "minor", "min": "minor", "minor": "minor"}
+
+
+def parse_key(name: str) -> tuple[int, str]:
+    """'F# major', 'Gb major', 'd minor', 'Eb' (major), 'c#m', 'Bb min' -> (tonic pitch class, mode).
+
+    Raises ValueError for anything else.
+    """
+    text = name.strip().replace("\u266f", "#").replace("\u266d", "b")
+    m = re.fullmatch(r"([A-Ga-g])([#b]?)\s*(major|minor|maj|min|m)?", text, flags=re.IGNORECASE)
+    if m is None:
+        raise ValueError(f"not a key name: {name!r} (expected e.g. 'F# major' or 'Bb minor')")
+    tonic = _LETTERS[m.group(1).upper()] + m.group(2).count("#") - m.group(2).count("b")
+    return tonic % 12, _MODES[(m.group(3) or "").lower()]
 
 
 def key_name(tonic: int, mode: str) -> str:

@@ -17,27 +17,16 @@ reference, of Bach's own chorales:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import numpy as np
 
-from .analysis import estimate_key, key_name
+from .analysis import estimate_key, key_name, parse_key  # noqa: F401 (parse_key: part of this module's API)
 from .encoding import Grid
 
 MODES = ("major", "minor")
 KEY_NAMES = [key_name(tonic, mode) for mode in MODES for tonic in range(12)]  # "C major" .. "B minor"
 CONSONANT = frozenset({0, 3, 4, 7, 8, 9})  # |p - q| mod 12: unison/octave, thirds, fifth, sixths (not the fourth)
-_LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
-
-
-def parse_key(name: str) -> tuple[int, str]:
-    """'F# major', 'Gb major', 'd minor', 'Eb' (major) -> (tonic pitch class, mode)."""
-    m = re.fullmatch(r"\s*([A-Ga-g])([#b]*)\s*(major|minor)?\s*", name)
-    if m is None:
-        raise ValueError(f"not a key name: {name!r} (expected e.g. 'F# major' or 'Bb minor')")
-    tonic = _LETTERS[m.group(1).upper()] + m.group(2).count("#") - m.group(2).count("b")
-    return tonic % 12, m.group(3) or "major"
 
 
 def fifths(key: tuple[int, str]) -> int:
