@@ -104,7 +104,8 @@ TEMPERATURE_OPT = typer.Option(0.9, "--temperature", "-t",
                                help="Sampling temperature, 0..5 (0 = always the likeliest).")
 STABILITY_OPT = typer.Option(1, "--stability", "-s", help="Minimum note length in steps (16ths), 1..64.")
 SEED_OPT = typer.Option(None, "--seed", help="Random seed; the same seed gives the same music.")
-BPM_OPT = typer.Option(100.0, "--bpm", help="Tempo in beats (quarter notes) per minute, 20..400.")
+DEFAULT_BPM = 100.0
+BPM_OPT = typer.Option(DEFAULT_BPM, "--bpm", help="Tempo in beats (quarter notes) per minute, 20..400.")
 PRIME_OPT = typer.Option(None, "--prime", help="A MIDI phrase the model listens to before it plays (heard as a "
                          "player's phrase is).")
 KEY_OPT = typer.Option("auto", "--key", help="auto: follow the key of what it hears (and plays); a key such as "
@@ -268,11 +269,8 @@ def train(
         if data or corpus:
             raise ImproviserError("--jsb trains a benchmark model on its own; leave out other data")
         train_p, valid_p = load_jsb(jsb, "train")[:limit], load_jsb(jsb, "valid")
-        # The keys the benchmark ever uses (43..96) plus transpositions; the model gives the
-        # remaining keys of the 88 a probability of 0 of sounding, so it still is a distribution
-        # over all 88-key frames.
-        model_cfg = ModelConfig(low=36, n_pitches=67, hidden=hidden or 256, layers=layers, dropout=dropout,
-                                bar_slots=4, steps_per_beat=1, states=2, head=head, nade_hidden=nade_hidden)
+        model_cfg = ModelConfig.for_jsb(hidden=hidden or 256, layers=layers, dropout=dropout, head=head,
+                                        nade_hidden=nade_hidden)
         seq_len, unit = 64, "frame"
         description = f"JSB Chorales {jsb.name}, train split ({len(train_p)} pieces)"
     else:
@@ -375,7 +373,7 @@ def _originality(model, ckpt, n_pieces: int, seconds: float, temperature: float)
         raise ImproviserError("--originality compares 16th-note models with the Bach chorales")
     typer.echo("generating and comparing with the Bach chorales...", err=True)
     train_p, valid_p = split(load_bach_chorales())
-    n_steps = math.ceil(seconds * 100 / 60 * model.cfg.steps_per_beat)
+    n_steps = math.ceil(seconds * DEFAULT_BPM / 60 * model.cfg.steps_per_beat)
     generated = [gen(model, n_steps, temperature, 1, seed) for seed in range(n_pieces)]
     r = originality(generated, [p.grid for p in train_p], [p.grid for p in valid_p])
     typer.echo(f"longest verbatim copy of the training chorales (any transposition): {r['longest_copy_steps']} steps"

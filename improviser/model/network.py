@@ -70,6 +70,16 @@ class ModelConfig:
             n += KEY_FEATURES
         return n
 
+    @classmethod
+    def for_jsb(cls, **kw) -> ModelConfig:
+        """The JSB Chorales benchmark's shape: one frame per quarter note, sounding or not, no bar of 16ths.
+
+        Its pitches are the keys the benchmark ever uses (43..96) plus transpositions; the model gives
+        the remaining keys of the 88 a probability of 0 of sounding, so it still is a distribution
+        over all 88-key frames.
+        """
+        return cls(low=36, n_pitches=67, bar_slots=4, steps_per_beat=1, states=2, **kw)
+
     @property
     def listens(self) -> bool:
         """True for a model trained to tell the player's notes from its own."""
