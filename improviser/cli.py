@@ -292,7 +292,8 @@ def train(
         n_steps = sum(p.n_steps for p in train_p)
         model_cfg = ModelConfig(hidden=hidden or default_size(n_steps, layers), layers=layers, dropout=dropout,
                                 head=head, nade_hidden=nade_hidden, player_input=listening, key_memory=listening,
-                                player_intervals=listening, player_key_memory=listening)
+                                player_intervals=listening, player_key_memory=listening,
+                                key_bias=listening)
         seq_len, unit = TrainConfig.seq_len, "step"
         description = " + ".join(sources)
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=seq_len)

@@ -170,14 +170,16 @@ def test_numpy_nade_sampler_draws_from_the_torch_distribution():
     np.testing.assert_allclose(counts / n, p, atol=0.01)
 
 
-def test_numpy_sampler_with_the_player_interval_bias_draws_from_the_torch_distribution():
+def test_numpy_sampler_with_the_player_and_key_biases_draws_from_the_torch_distribution():
     torch.manual_seed(3)
     cfg = ModelConfig(low=60, n_pitches=3, hidden=8, layers=1, dropout=0.0, states=3, head="nade", nade_hidden=6,
-                      player_input=True, key_memory=True, player_intervals=True)
+                      player_input=True, key_memory=True, player_intervals=True, player_key_memory=True,
+                      key_bias=True)
     model = BachLSTM(cfg).eval()
     with torch.no_grad():
         model.nade_w.normal_(0, 1.5)
         model.interval_bias.normal_(0, 2.0)
+        model.key_bias.normal_(0, 2.0)
     frames = _all_frames(3, 3)
     x = torch.rand(1, 1, cfg.n_inputs)
     player = np.array([True, False, True])  # the player sounded MIDI 60 and 62 at the previous step

@@ -58,6 +58,7 @@ class ModelConfig:
     key_memory: bool = False  # a 12-pitch-class memory of everything struck, plus how full it is
     player_intervals: bool = False  # a learned bias on each pitch by its interval to the player's sounding notes
     player_key_memory: bool = False  # a second key memory of the player's notes alone (its own never move it)
+    key_bias: bool = False  # a learned bias on each pitch by its pitch class against what the key memories hold
 
     @property
     def n_inputs(self) -> int:
@@ -211,6 +212,23 @@ def interval_index(n: int) -> torch.Tensor:
     return d.clamp(INTERVAL_LOW, INTERVAL_HIGH) - INTERVAL_LOW
 
 
+def memory_columns(cfg: ModelConfig) -> list[slice]:
+    """Where the pitch-class shares of the key memories sit in the input vector (all, then the player's)."""
+    col = 2 * cfg.n_pitches + cfg.bar_slots + (2 * cfg.n_pitches if cfg.player_input else 0)
+    out = []
+    for present in (cfg.key_memory, cfg.player_key_memory):
+        if present:
+            out.append(slice(col, col + 12))
+            col += KEY_FEATURES
+    return out
+
+
+def pitch_class_index(cfg: ModelConfig) -> torch.Tensor:
+    """(n, 12) int: the pitch class of pitch p (row) counted from pitch class c (column)."""
+    pcs = (torch.arange(cfg.n_pitches) + cfg.low) % 12
+    return (pcs[:, None] - torch.arange(12)[None, :]) % 12
+
+
 def player_sound_columns(cfg: ModelConfig) -> slice:
     """Where the player's sounding notes sit in the input vector."""
     col = 2 * cfg.n_pitches + cfg.bar_slots + cfg.n_pitches
@@ -242,6 +260,13 @@ class BachLSTM(nn.Module):
             # tune, the same in every key, learned directly rather than through the LSTM.
             self.interval_bias = nn.Parameter(torch.zeros(INTERVAL_BINS, k))
             self.register_buffer("interval_index", interval_index(n), persistent=False)
+        if cfg.key_bias:
+            # A bias on every state of every pitch from what each key memory holds: for memory m and pitch
+            # class c with share w, pitch p gets w * key_bias[m, (pc(p) - c) mod 12]. The same in every key;
+            # it lets what was heard (the player's memory never drifts with its own notes) pull the
+            # pitches towards the key directly.
+            self.key_bias = nn.Parameter(torch.zeros(len(memory_columns(cfg)), 12, k))
+            self.register_buffer("pc_index", pitch_class_index(cfg), persistent=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """log p(frame_t | frames before t) for every step: x (B, T, n_inputs), y (B, T, n_pitches) -> (B, T).
@@ -254,6 +279,9 @@ class BachLSTM(nn.Module):
         if self.cfg.player_intervals:
             heard = x[..., player_sound_columns(self.cfg)]  # (B, T, n): the player's notes, previous step
             b = b + torch.einsum("btq,pqk->btpk", heard, self.interval_bias[self.interval_index])
+        if self.cfg.key_bias:
+            for m, cols in enumerate(memory_columns(self.cfg)):  # (B, T, 12) shares of each memory
+                b = b + torch.einsum("btc,pck->btpk", x[..., cols], self.key_bias[m][self.pc_index])
         if self.cfg.head == "nade":
             onehot = nn.functional.one_hot(y, self.cfg.states)[..., 1:].to(h.dtype)  # (B, T, n, K-1)
             z = torch.einsum("btnk,nkh->btnh", onehot, self.nade_w)  # each pitch's contribution
@@ -285,6 +313,9 @@ class BachLSTM(nn.Module):
             w["nade"] = (f32(self.nade_c.weight), f32(self.nade_c.bias), f32(self.nade_w), f32(self.nade_v))
         if self.cfg.player_intervals:
             w["intervals"] = f32(self.interval_bias[self.interval_index])  # (n, n, K)
+        if self.cfg.key_bias:
+            w["key_bias"] = [f32(self.key_bias[m][self.pc_index]) for m in range(self.key_bias.shape[0])]  # (n, 12, K)
+            w["memory_columns"] = memory_columns(self.cfg)
         return w
 
 
@@ -302,6 +333,9 @@ class NumpyLSTM:
         self.head_w, self.head_b = w["head"]
         self.nade = w.get("nade")
         self.intervals = w.get("intervals")  # (n, n, K) or None
+        self.key_bias = w.get("key_bias")  # [(n, 12, K)] per key memory, or None
+        self.memory_columns = w.get("memory_columns", [])
+        self.x: np.ndarray | None = None  # the last input, for the key bias
         self.reset()
 
     def reset(self) -> None:
@@ -317,6 +351,7 @@ class NumpyLSTM:
 
     def step(self, x: np.ndarray) -> np.ndarray:
         """x: float32 (n_inputs,) -> the top layer's output (hidden,); advances the hidden state."""
+        self.x = x
         n = self.cfg.hidden
         for k, (w, b) in enumerate(self.layers):
             gates = w @ np.concatenate([x, self.h[k]]) + b
@@ -346,6 +381,9 @@ class NumpyLSTM:
         b = self.logits(h).astype(np.float64)
         if self.intervals is not None and player is not None and player.any():
             b += self.intervals[:, player].sum(axis=1)
+        if self.key_bias is not None and self.x is not None:
+            for bias, cols in zip(self.key_bias, self.memory_columns):
+                b += np.einsum("c,pck->pk", self.x[cols], bias)
         if self.nade is None:
             return _draw(b, u, temperature, banned)
         wc, bc, nw, nv = self.nade

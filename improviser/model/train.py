@@ -67,7 +67,8 @@ def piece_arrays(grid: Grid, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
 #   accompany -- the player plays one part at its own rhythm and the model plays the others.
 # The key memory is computed from everything struck by either, as it is live.
 
-FAST_LR = 30.0  # the interval bias's learning rate, as a multiple of the rest's
+FAST_LR = 30.0  # the direct biases' learning rate, as a multiple of the rest's
+FAST = ("interval_bias", "key_bias")
 ROLES = ("listen", "play", "accompany")
 ROLE_P = (0.35, 0.30, 0.35)
 SEGMENT_STEPS = (16, 96)  # a segment lasts 1..6 bars of 4/4
@@ -309,10 +310,10 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         else:
             model = BachLSTM(model_cfg)
     mcfg = model.cfg
-    # The interval bias starts at zero and needs values of a few nats: at the LSTM's step size (Adam moves
+    # The direct biases start at zero and need values of a few nats: at the LSTM's step size (Adam moves
     # each weight by about lr per batch) it would take hundreds of epochs, so it gets a larger one.
-    fast = [p for name, p in model.named_parameters() if name == "interval_bias"]
-    rest = [p for name, p in model.named_parameters() if name != "interval_bias"]
+    fast = [p for name, p in model.named_parameters() if name in FAST]
+    rest = [p for name, p in model.named_parameters() if name not in FAST]
     groups = [{"params": rest}] + ([{"params": fast, "lr": cfg.lr * FAST_LR}] if fast else [])
     opt = torch.optim.Adam(groups, lr=cfg.lr)
     if opt_state:
