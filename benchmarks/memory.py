@@ -15,7 +15,6 @@ sessions written (its "wrote" lines) against the files in the folder, and what i
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import tempfile
 import threading
@@ -24,16 +23,7 @@ from pathlib import Path
 
 import mido
 
-from improviser.testing import Run, input_port, jack_server
-
-
-def rss_mb(pid: int) -> float:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return float("nan")
-    m = re.search(r"VmRSS:\s+(\d+) kB", status)
-    return int(m.group(1)) / 1024 if m else float("nan")
+from improviser.testing import Run, input_port, jack_server, peak_rss_mb
 
 
 def knob(port_name: str, rate: float, stop: threading.Event, sent: dict) -> None:
@@ -80,7 +70,7 @@ def main() -> None:
         t0 = time.monotonic()
         samples = []
         while (elapsed := time.monotonic() - t0) < args.seconds:
-            samples.append((elapsed, rss_mb(run.proc.pid)))
+            samples.append((elapsed, peak_rss_mb(run.proc.pid, "VmRSS")))
             time.sleep(1.0)
         stop.set()
         turner.join(10)

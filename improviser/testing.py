@@ -395,14 +395,39 @@ def start_flood(seconds: float, seed: int = 0, rate: float = FLOOD_RATE) -> tupl
     return proc, client
 
 
-def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident set (VmHWM), in MiB; NaN once it is gone."""
+def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident set (VmHWM; VmRSS for the current one), in MiB; NaN once it is gone."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return float("nan")
-    match = re.search(r"VmHWM:\s+(\d+) kB", status)
+    match = re.search(field + r":\s+(\d+) kB", status)
     return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def cli(*args):
+    """Run the CLI in this process (typer's CliRunner); returns the result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from .cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *words: str) -> str:
+    """Check that a CLI result failed with one line on stderr, no traceback, holding ``words``; returns it."""
+    err = result.stderr.strip()
+    problems = []
+    if result.exit_code == 0:
+        problems.append("exit code 0")
+    if len(err.splitlines()) != 1:
+        problems.append(f"{len(err.splitlines())} lines on stderr")
+    if "Traceback" in result.output:
+        problems.append("a traceback")
+    problems += [f"no {w!r}" for w in words if w not in err]
+    if problems:
+        raise AssertionError(f"{', '.join(problems)} in: {result.output}")
+    return err
 
 
 def join_sessions(files: list[Path], monitor_heard: list[tuple[int, float, float]], step: float):

@@ -9,28 +9,15 @@ import mido
 import numpy as np
 import pretty_midi
 import pytest
-from typer.testing import CliRunner
 
-from improviser.cli import app
 from improviser.music.analysis import estimate_key
 from improviser.music.encoding import TimedNote, read_midi, write_midi
+from improviser.testing import cli, one_line_error
 
-runner = CliRunner()
 G_MAJOR_TUNE = [67, 71, 74, 71, 72, 76, 74, 71, 69, 72, 71, 67, 66, 69, 67, 67]  # 4 bars of quarter notes
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *words):
-    assert result.exit_code != 0, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    for w in words:
-        assert w in err, err
-    return err
+run = cli
 
 
 @pytest.fixture

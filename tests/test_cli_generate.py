@@ -8,27 +8,14 @@ import mido
 import numpy as np
 import pretty_midi
 import pytest
-from typer.testing import CliRunner
 
-from improviser.cli import app
 from improviser.music.encoding import TimedNote, write_midi
+from improviser.testing import cli, one_line_error
 
 DATA = Path(__file__).parent / "data"
-runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *words):
-    assert result.exit_code != 0, result.output
-    err = result.stderr.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in result.output
-    for w in words:
-        assert w in err, err
-    return err
+run = cli
 
 
 def test_generate_writes_30_seconds_of_varied_polyphony(tmp_path):
