@@ -16,7 +16,11 @@ from ..music.encoding import N_MIDI, Frame, Grid
 from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
 MAX_STABILITY = 64  # steps; 4 bars of 16ths
-CLASH = (1, 2, 6, 10, 11)  # semitones (mod 12) from a player's note that the guard keeps the model off
+# Semitones (mod 12) from a player's held note that the guard keeps the model off: seconds, sevenths, the
+# tritone, and the fourth -- so under a melody note on a chord's root it leaves out the chord's fifth rather
+# than sound a fourth against the tune (measured on held-out tunes: 71 % consonant pairs with the fourth
+# kept off, 63 % without, at 2.05 and 2.25 notes at once).
+CLASH = (1, 2, 5, 6, 10, 11)
 
 
 def check_controls(temperature: float, note_stability: int) -> None:
@@ -57,9 +61,9 @@ class StreamingGenerator:
     key: None (or "auto") follows what is heard and played; a key name ("D minor") holds the
         key memory there (a model with a key memory only).
 
-    guard: (listening models) never strike or hold a note a second, a tritone or a seventh
-        away from a note the player is holding -- what an accompanist avoids by ear. It reacts
-        within the step to what was just heard, which the model learns only in part.
+    guard: (listening models) never strike or hold a note a second, a fourth, a tritone or a
+        seventh away from a note the player is holding -- what an accompanist avoids by ear. It
+        reacts within the step to what was just heard, which the model learns only in part.
 
     A listening model hears the player's notes as their own input; an older model hears
     them merged into its own last frame.
@@ -165,7 +169,7 @@ class StreamingGenerator:
         return Frame(onset, sound, self._velocity())
 
     def _clashes(self) -> np.ndarray:
-        """bool (128,): pitches a second, tritone or seventh (or those plus octaves) from a player's note."""
+        """bool (128,): pitches a second, fourth, tritone or seventh (or those plus octaves) from a player's note."""
         held = np.flatnonzero(self._player)
         d = np.abs(np.arange(N_MIDI)[:, None] - held[None, :]) % 12
         return np.isin(d, CLASH).any(axis=1)
