@@ -200,3 +200,22 @@ def test_accompany_writes_the_melody_and_its_own_notes_and_is_reproducible(model
     assert [n.pitch for n in a.notes("player")] == pitches
     assert len(a.notes()) > 10 and a.notes() == b.notes()
     assert a.length == pytest.approx((40 + 16) * 60 / 100 / 4, abs=1e-3)  # the melody plus 4 beats
+
+
+def test_every_sink_gets_exactly_what_the_recorder_records_including_the_stop(model):
+    class Collect:
+        def __init__(self):
+            self.got = []
+
+        def send(self, msg, t):
+            self.got.append((msg.type, msg.note, round(t, 6)))
+
+    sink = Collect()
+    engine = LiveEngine(StreamingGenerator(model, 0.9, 1, seed=6), 120, None, clock=VirtualClock(), sinks=[sink])
+    result = engine.run(4.0)
+    notes = result.sessions[-1].notes()
+    ons = [g for g in sink.got if g[0] == "note_on"]
+    offs = [g for g in sink.got if g[0] == "note_off"]
+    assert len(ons) == len(notes) > 10 and len(offs) == len(ons)  # every note turned off, the last ones at the stop
+    start = result.sessions[-1].start
+    assert sorted((n, round(t - start, 4)) for _, n, t in ons) == sorted((n.pitch, round(n.start, 4)) for n in notes)

@@ -58,8 +58,9 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
     next 4 bars (the reference).
     Accompanying: it plays along with each tune's first 8 bars; every (tune note, its note) pair
     sounding at the same step is counted: consonant, octave/unison doubling, and how many notes it
-    sounds at once. Beside: the same without hearing the tune (baseline), and Bach's alto, tenor and
-    bass against his soprano on the held-out chorales (reference).
+    sounds at once. Beside: the model without its guard, the same without hearing the tune
+    (baseline), and Bach's alto, tenor and bass against his soprano on the held-out chorales
+    (reference).
     """
     from tqdm import tqdm
 
@@ -75,7 +76,7 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
     tunes = [place(m, rng) for m in load_heldout_melodies(n_melodies, seed)]
     step_s = 60.0 / EVAL_BPM / model.cfg.steps_per_beat
     pairs = {"answer": [], "prime": [], "no phrase": [], "the tune itself": []}
-    acc = {"accompanying": [], "not listening": []}
+    acc = {"accompanying": [], "accompanying, no guard": [], "not listening": []}
     for i, m in enumerate(tqdm(tunes, desc="listening", unit="tune", disable=not progress)):
         bar = m.bar_steps
         bpb = max(1, bar // model.cfg.steps_per_beat)
@@ -100,11 +101,12 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
         pairs["the tune itself"].append((m.phrase(4), m.continuation(4)))
         # Accompanying its first 8 bars (or as many as it has).
         tune = _on_the_bar(m.phrase(min(8, m.whole_bars)), bar)
-        gen = StreamingGenerator(model, temperature, 1, seed=i, beats_per_bar=bpb)
-        s = accompany(gen, tune, EVAL_BPM, "accompany", extra_beats=0)
         n_steps = len(tune)
-        acc["accompanying"].append(consonance(session_grid(s, PLAYER, step_s, n_steps),
-                                              session_grid(s, IMPROVISER, step_s, n_steps)))
+        for name, guard in (("accompanying", True), ("accompanying, no guard", False)):
+            gen = StreamingGenerator(model, temperature, 1, seed=i, beats_per_bar=bpb, guard=guard)
+            s = accompany(gen, tune, EVAL_BPM, "accompany", extra_beats=0)
+            acc[name].append(consonance(session_grid(s, PLAYER, step_s, n_steps),
+                                        session_grid(s, IMPROVISER, step_s, n_steps)))
         alone = free(model, n_steps, temperature, 1, seed=i, beats_per_bar=bpb)
         acc["not listening"].append(consonance(tune, alone))
     _, valid = split(load_bach_chorales(voices=True, progress=progress))

@@ -15,8 +15,9 @@
   the player's notes of the step and whether to play; on the sender thread it may veto a
   step (a panic, or the player starting again in respond mode) and hands the player's
   notes to the recorder;
-- the *sinks*: the MIDI port (any ``OutputPort``) and the session recorder, which get the
-  same messages with the same send time, so the files hold exactly what was played.
+- the *sinks*: the MIDI port (any ``OutputPort``), the session recorder and any others
+  (``sinks=``, e.g. a synth), which get the same messages with the same send time, so the
+  files hold exactly what was played and heard.
 
 On the sending thread each frame becomes messages against what actually sounds,
 so a skipped step never leaves a note on. Every ``session_seconds`` the recorder
@@ -121,6 +122,8 @@ class LiveEngine:
     timing: where step times come from; default a ``TempoGrid`` at ``bpm`` on ``clock``.
     listening: a ``listen.Listening`` part (a player's input), or None to play alone.
     lookahead: steps the model may run ahead (0: inline, for an offline run on a virtual clock).
+    sinks: more places every message goes, after the port, with its send time: objects with
+        ``send(msg, t)`` (a synth, a logger). Called on the sender thread; they must not block.
     session_seconds: cut a new session every this many seconds (rounded to whole
         steps); None: one session for the whole run.
     on_session(session): called (on a background thread) with each finished
@@ -132,7 +135,8 @@ class LiveEngine:
                  clock: Clock | None = None, session_seconds: float | None = None,
                  on_session: Callable[[Session], None] | None = None,
                  warn: Callable[[str], None] | None = None, channel: int = 0,
-                 listening: Any = None, timing: TimingSource | None = None, lookahead: int = 2):
+                 listening: Any = None, timing: TimingSource | None = None, lookahead: int = 2,
+                 sinks: list | None = None):
         self.generator = generator
         self.bpm = float(bpm)
         self.port = port
@@ -145,6 +149,7 @@ class LiveEngine:
         self.on_session = on_session
         self.timing = timing or TempoGrid(self.step_seconds, self.clock)
         self.listening = listening
+        self.sinks = list(sinks or [])
         self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform, clock=self.clock,
                                    lookahead=lookahead, on_late=self._late, on_pause=self.pause)
         self.recorder: SessionRecorder | None = None
@@ -226,6 +231,9 @@ class LiveEngine:
         if self.port is not None:
             for msg in msgs:  # first, the deadline is now; the bookkeeping waits
                 self.port.send(msg)
+        for sink in self.sinks:
+            for msg in msgs:
+                sink.send(msg, t)
         self._sounding = sound
         cut = None
         if self.steps_per_session and k > 0 and k % self.steps_per_session == 0:
@@ -252,6 +260,10 @@ class LiveEngine:
         offs = self.port.silence() if self.port is not None else \
             frame_messages(self._sounding, Frame.silent(), self.channel)
         self._sounding = np.zeros(N_MIDI, bool)
+        t = self.clock.now()
+        for sink in self.sinks:
+            for msg in offs:
+                sink.send(msg, t)
         return offs
 
     def pause(self) -> None:
