@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from improviser import ports
 from improviser.cli import app
 from improviser.live.clock import VirtualClock
 from improviser.live.engine import LiveEngine, frame_messages, play, record
 from improviser.live.recorder import SessionRecorder
 from improviser.model.generator import StreamingGenerator
 from improviser.music.encoding import Frame
+from improviser.ports import midi as ports
 from improviser.ports.midi import OutputPort, PortError, find_port
 
 
