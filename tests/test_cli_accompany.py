@@ -130,3 +130,19 @@ def test_the_listening_figures_are_in_range_on_a_few_tunes(model):
     bach = r["consonance"]["Bach: lower voices vs soprano"]
     assert 0.7 < bach["consonant_share"] < 0.82  # his three lower voices against his soprano
     assert np.isfinite(r["consonance"]["accompanying"]["notes_per_step"])
+
+
+def test_a_checkpoint_from_before_listening_models_still_plays_and_refuses_a_key_in_one_line(tune, tmp_path):
+    import torch
+
+    from improviser.model import BachLSTM, ModelConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, BachLSTM(ModelConfig(hidden=32, layers=1, head="nade", nade_hidden=8)))
+    r = run("accompany", tune, tmp_path / "a.mid", "--checkpoint", old, "--seed", 1)
+    assert r.exit_code == 0, r.output  # it hears the player merged into its own frame, as before
+    r = run("generate", tmp_path / "g.mid", "--checkpoint", old, "--seconds", 2)
+    assert r.exit_code == 0, r.output
+    one_line_error(run("generate", tmp_path / "k.mid", "--checkpoint", old, "--key", "D minor"), "no key memory")
+    assert not (tmp_path / "k.mid").exists()
