@@ -21,6 +21,7 @@ MAX_STABILITY = 64  # steps; 4 bars of 16ths
 # than sound a fourth against the tune (measured on held-out tunes: 71 % consonant pairs with the fourth
 # kept off, 63 % without, at 2.05 and 2.25 notes at once).
 CLASH = (1, 2, 5, 6, 10, 11)
+GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of held notes would ban every pitch
 
 
 def check_controls(temperature: float, note_stability: int) -> None:
@@ -63,7 +64,8 @@ class StreamingGenerator:
 
     guard: (listening models) never strike or hold a note a second, a fourth, a tritone or a
         seventh away from a note the player is holding -- what an accompanist avoids by ear. It
-        reacts within the step to what was just heard, which the model learns only in part.
+        reacts within the step to what was just heard, which the model learns only in part. It
+        stands aside while the player holds more than GUARD_MOST notes.
 
     A listening model hears the player's notes as their own input; an older model hears
     them merged into its own last frame.
@@ -156,7 +158,7 @@ class StreamingGenerator:
         if cfg.states == 3:
             # A pitch can only be "held" if the improviser itself sounded it at the last step.
             banned[:, HOLD] = ~self.last.sound[lo:hi]
-        if self.guard and self._player.any():
+        if self.guard and 0 < self._player.sum() <= GUARD_MOST:
             banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
             banned[:, 0] = False
         u = self.rng.random(cfg.n_pitches)

@@ -204,6 +204,7 @@ def frame_targets(onset: np.ndarray, sound: np.ndarray, cfg: ModelConfig) -> np.
 
 INTERVAL_LOW, INTERVAL_HIGH = -36, 12  # semitones from a player's note that the interval bias tells apart
 INTERVAL_BINS = INTERVAL_HIGH - INTERVAL_LOW + 1
+PLAYER_NOTES_MOST = 4  # more player notes at once than this (a cluster, a flood): their interval biases scaled down
 
 
 def interval_index(n: int) -> torch.Tensor:
@@ -278,6 +279,8 @@ class BachLSTM(nn.Module):
         b = self.head(h).view(*h.shape[:2], self.cfg.n_pitches, self.cfg.states)  # (B, T, n, K)
         if self.cfg.player_intervals:
             heard = x[..., player_sound_columns(self.cfg)]  # (B, T, n): the player's notes, previous step
+            # As if at most PLAYER_NOTES_MOST notes sounded: a fistful of notes must not silence every pitch.
+            heard = heard * (PLAYER_NOTES_MOST / heard.sum(-1, keepdim=True).clamp(min=PLAYER_NOTES_MOST))
             b = b + torch.einsum("btq,pqk->btpk", heard, self.interval_bias[self.interval_index])
         if self.cfg.key_bias:
             for m, cols in enumerate(memory_columns(self.cfg)):  # (B, T, 12) shares of each memory
@@ -380,7 +383,7 @@ class NumpyLSTM:
         """
         b = self.logits(h).astype(np.float64)
         if self.intervals is not None and player is not None and player.any():
-            b += self.intervals[:, player].sum(axis=1)
+            b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
         if self.key_bias is not None and self.x is not None:
             for bias, cols in zip(self.key_bias, self.memory_columns):
                 b += np.einsum("c,pck->pk", self.x[cols], bias)
