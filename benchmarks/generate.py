@@ -4,7 +4,10 @@ The original Bach-Music-Generator-RNN stepped a 2x256 torch LSTM once per 10 ms 
 over chord tokens: 3,000 steps for 30 s. We run that loop here, in the same process,
 beside our generator (one step per 16th note, numpy stepping) on one core.
 
-    python benchmarks/generate.py [--seconds 30] [--bpm 100] [--repeats 5]
+    python benchmarks/generate.py [--seconds 30] [--bpm 100] [--repeats 5] [--checkpoint P] [--previous P]
+
+--previous times another checkpoint's steps in the same run (e.g. the model before listening
+models: ``git show cc27054:checkpoints/bach.pt > old.pt``), so the two compare on the same machine.
 """
 
 from __future__ import annotations
@@ -55,9 +58,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--bpm", type=float, default=100.0)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--previous", default=None, help="another checkpoint to time in the same run")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    model, ckpt = load_checkpoint(default_checkpoint())
+    model, ckpt = load_checkpoint(args.checkpoint or default_checkpoint())
     cfg = model.cfg
     n_steps = math.ceil(args.seconds * args.bpm / 60 * cfg.steps_per_beat)
     print(f"model: {cfg.layers}x{cfg.hidden} LSTM, {model.n_params():,} parameters; one core (torch threads = 1)")
@@ -82,6 +87,11 @@ def main() -> None:
     print(f"{'per step, p99 (ms)':28}{np.percentile(ours, 99):12.3f}{np.percentile(base, 99):12.3f}"
           f"{np.percentile(base, 99) / np.percentile(ours, 99):8.1f}x")
     print(f"{'faster than real time':28}{args.seconds / ours_total:11.0f}x{args.seconds / base_total:11.0f}x")
+    if args.previous:
+        prev = np.array(ours_per_step(load_checkpoint(args.previous)[0], 2000)) * 1e3
+        print(f"{args.previous}: per step median {np.median(prev):.3f} ms, p99 {np.percentile(prev, 99):.3f} ms "
+              f"(this checkpoint / it: {np.median(ours) / np.median(prev):.2f}x, "
+              f"{np.percentile(ours, 99) / np.percentile(prev, 99):.2f}x)")
 
 
 if __name__ == "__main__":

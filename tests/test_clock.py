@@ -115,3 +115,14 @@ def test_stop_is_noticed_while_waiting_for_a_slow_model():
     conductor.close()
     assert time.monotonic() - t < 5  # not the 20 s the step lasts
     assert stats.played == 3 and stats.late_steps == 0  # stopping is not the model being late
+
+
+def test_virtual_clock_events_at_the_same_moment_run_in_the_order_they_were_scheduled():
+    clock = VirtualClock()
+    seen = []
+    for name in ("note_off", "note_on", "clock"):
+        clock.at(1.0, lambda name=name: seen.append((name, clock.now())))  # each reads the clock, as a listener does
+    clock.at(0.5, lambda: seen.append(("early", clock.now())))
+    clock.sleep(2.0)
+    assert [n for n, _ in seen] == ["early", "note_off", "note_on", "clock"]
+    assert all(t >= 1.0 for n, t in seen if n != "early")

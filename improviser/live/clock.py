@@ -114,6 +114,7 @@ class VirtualClock:
         self._lock = threading.Lock()  # guards t and the events; never held while an event runs
         self._events: list[tuple[float, int, Callable[[], None]]] = []  # a heap by time
         self._n = 0
+        self._local = threading.local()  # per thread: is it running events now
 
     def now(self) -> float:
         with self._lock:
@@ -141,14 +142,24 @@ class VirtualClock:
             self._n += 1
 
     def _fire(self, until: float) -> None:
-        """Run the events due by ``until`` in time order, each with the clock reading its time."""
-        while True:
-            with self._lock:
-                if not self._events or self._events[0][0] > until:
-                    return
-                t, _, fn = heapq.heappop(self._events)
-                self.t = max(self.t, t)
-            fn()
+        """Run the events due by ``until`` in time order, each with the clock reading its time.
+
+        Not re-entrant: an event that reads the clock does not run the next event inside itself
+        (two messages due at the same moment arrive in the order they were scheduled).
+        """
+        if getattr(self._local, "firing", False):
+            return
+        self._local.firing = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._events or self._events[0][0] > until:
+                        return
+                    t, _, fn = heapq.heappop(self._events)
+                    self.t = max(self.t, t)
+                fn()
+        finally:
+            self._local.firing = False
 
 
 @dataclass
