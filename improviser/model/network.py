@@ -336,8 +336,12 @@ class NumpyLSTM:
         self.head_w, self.head_b = w["head"]
         self.nade = w.get("nade")
         self.intervals = w.get("intervals")  # (n, n, K) or None
-        self.key_bias = w.get("key_bias")  # [(n, 12, K)] per key memory, or None
-        self.memory_columns = w.get("memory_columns", [])
+        self.key_bias = None  # (n_inputs, n * K): the key biases as one matrix on the whole input, or None
+        if w.get("key_bias") is not None:
+            n, k = self.cfg.n_pitches, self.cfg.states
+            self.key_bias = np.zeros((self.cfg.n_inputs, n * k), np.float32)
+            for bias, cols in zip(w["key_bias"], w["memory_columns"]):
+                self.key_bias[cols] = bias.transpose(1, 0, 2).reshape(12, n * k)  # share of class c -> (p, state)
         self.x: np.ndarray | None = None  # the last input, for the key bias
         self.reset()
 
@@ -385,8 +389,7 @@ class NumpyLSTM:
         if self.intervals is not None and player is not None and player.any():
             b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
         if self.key_bias is not None and self.x is not None:
-            for bias, cols in zip(self.key_bias, self.memory_columns):
-                b += np.einsum("c,pck->pk", self.x[cols], bias)
+            b += (self.x @ self.key_bias).reshape(b.shape)  # one small mat-vec for both memories
         if self.nade is None:
             return _draw(b, u, temperature, banned)
         wc, bc, nw, nv = self.nade
