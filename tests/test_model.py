@@ -13,6 +13,7 @@ from improviser.model.network import (
     ModelConfig,
     NumpyLSTM,
     default_checkpoint,
+    input_columns,
     load_checkpoint,
     save_checkpoint,
 )
@@ -187,7 +188,7 @@ def test_numpy_sampler_with_the_player_and_key_biases_draws_from_the_torch_distr
         model.key_bias.normal_(0, 2.0)
     x = torch.rand(1, 1, cfg.n_inputs)
     player = np.array([True, False, True])  # the player sounded MIDI 60 and 62 at the previous step
-    x[0, 0, 2 * 3 + 16 + 3: 2 * 3 + 16 + 6] = torch.from_numpy(player.astype(np.float32))
+    x[0, 0, input_columns(cfg)["player_sound"]] = torch.from_numpy(player.astype(np.float32))
     sampled, exact = sampled_and_exact(model, x, player)
     np.testing.assert_allclose(sampled, exact, atol=0.01)
     # The bias matters: without the player's notes the distribution is another one.

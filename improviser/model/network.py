@@ -62,14 +62,7 @@ class ModelConfig:
 
     @property
     def n_inputs(self) -> int:
-        n = 2 * self.n_pitches + self.bar_slots  # onset + sound of its own last frame, bar position
-        if self.player_input:
-            n += 2 * self.n_pitches  # onset + sound of the player's last frame
-        if self.key_memory:
-            n += KEY_FEATURES
-        if self.player_key_memory:
-            n += KEY_FEATURES
-        return n
+        return max(c.stop for c in input_columns(self).values())
 
     @classmethod
     def for_jsb(cls, **kw) -> ModelConfig:
@@ -156,6 +149,27 @@ def _key_features(counts: np.ndarray) -> np.ndarray:
     return out
 
 
+def input_columns(cfg: ModelConfig) -> dict[str, slice]:
+    """Where each part of the input vector sits, in order; the one place the layout is written.
+
+    own_onset, own_sound: its own last frame; bar: the bar position (one-hot); then, for a
+    listening model, player_onset, player_sound: the player's last frame, and memory,
+    player_memory: the key memories (KEY_FEATURES each: 12 pitch-class shares, then fullness).
+    """
+    sizes = [("own_onset", cfg.n_pitches), ("own_sound", cfg.n_pitches), ("bar", cfg.bar_slots)]
+    if cfg.player_input:
+        sizes += [("player_onset", cfg.n_pitches), ("player_sound", cfg.n_pitches)]
+    if cfg.key_memory:
+        sizes.append(("memory", KEY_FEATURES))
+    if cfg.player_key_memory:
+        sizes.append(("player_memory", KEY_FEATURES))
+    cols, at = {}, 0
+    for name, size in sizes:
+        cols[name] = slice(at, at + size)
+        at += size
+    return cols
+
+
 def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig,
                    player_onset: np.ndarray | None = None, player_sound: np.ndarray | None = None,
                    memory: np.ndarray | None = None, player_memory: np.ndarray | None = None) -> np.ndarray:
@@ -169,27 +183,20 @@ def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cf
     player_memory: float32 (T, KEY_FEATURES), the key memory of the player's notes alone.
     Returns float32 (T, n_inputs).
     """
-    hi = cfg.low + cfg.n_pitches
-    n = cfg.n_pitches
+    pitches = slice(cfg.low, cfg.low + cfg.n_pitches)
+    cols = input_columns(cfg)
     t = onset.shape[0]
     x = np.zeros((t, cfg.n_inputs), np.float32)
-    x[:, :n] = onset[:, cfg.low:hi]
-    x[:, n: 2 * n] = sound[:, cfg.low:hi]
-    x[np.arange(t), 2 * n + bar_pos % cfg.bar_slots] = 1.0
-    col = 2 * n + cfg.bar_slots
-    if cfg.player_input:
-        if player_onset is not None:
-            x[:, col: col + n] = player_onset[:, cfg.low:hi]
-            x[:, col + n: col + 2 * n] = player_sound[:, cfg.low:hi]
-        col += 2 * n
-    if cfg.key_memory:
-        if memory is not None:
-            x[:, col: col + KEY_FEATURES] = memory
-        col += KEY_FEATURES
-    if cfg.player_key_memory:
-        if player_memory is not None:
-            x[:, col: col + KEY_FEATURES] = player_memory
-        col += KEY_FEATURES
+    x[:, cols["own_onset"]] = onset[:, pitches]
+    x[:, cols["own_sound"]] = sound[:, pitches]
+    x[np.arange(t), cols["bar"].start + bar_pos % cfg.bar_slots] = 1.0
+    if player_onset is not None and "player_onset" in cols:
+        x[:, cols["player_onset"]] = player_onset[:, pitches]
+        x[:, cols["player_sound"]] = player_sound[:, pitches]
+    if memory is not None and "memory" in cols:
+        x[:, cols["memory"]] = memory
+    if player_memory is not None and "player_memory" in cols:
+        x[:, cols["player_memory"]] = player_memory
     return x
 
 
@@ -215,25 +222,14 @@ def interval_index(n: int) -> torch.Tensor:
 
 def memory_columns(cfg: ModelConfig) -> list[slice]:
     """Where the pitch-class shares of the key memories sit in the input vector (all, then the player's)."""
-    col = 2 * cfg.n_pitches + cfg.bar_slots + (2 * cfg.n_pitches if cfg.player_input else 0)
-    out = []
-    for present in (cfg.key_memory, cfg.player_key_memory):
-        if present:
-            out.append(slice(col, col + 12))
-            col += KEY_FEATURES
-    return out
+    cols = input_columns(cfg)
+    return [slice(cols[m].start, cols[m].start + 12) for m in ("memory", "player_memory") if m in cols]
 
 
 def pitch_class_index(cfg: ModelConfig) -> torch.Tensor:
     """(n, 12) int: the pitch class of pitch p (row) counted from pitch class c (column)."""
     pcs = (torch.arange(cfg.n_pitches) + cfg.low) % 12
     return (pcs[:, None] - torch.arange(12)[None, :]) % 12
-
-
-def player_sound_columns(cfg: ModelConfig) -> slice:
-    """Where the player's sounding notes sit in the input vector."""
-    col = 2 * cfg.n_pitches + cfg.bar_slots + cfg.n_pitches
-    return slice(col, col + cfg.n_pitches)
 
 
 class BachLSTM(nn.Module):
@@ -278,7 +274,7 @@ class BachLSTM(nn.Module):
         h = self.drop(h)
         b = self.head(h).view(*h.shape[:2], self.cfg.n_pitches, self.cfg.states)  # (B, T, n, K)
         if self.cfg.player_intervals:
-            heard = x[..., player_sound_columns(self.cfg)]  # (B, T, n): the player's notes, previous step
+            heard = x[..., input_columns(self.cfg)["player_sound"]]  # (B, T, n): the player's notes, previous step
             # As if at most PLAYER_NOTES_MOST notes sounded: a fistful of notes must not silence every pitch.
             heard = heard * (PLAYER_NOTES_MOST / heard.sum(-1, keepdim=True).clamp(min=PLAYER_NOTES_MOST))
             b = b + torch.einsum("btq,pqk->btpk", heard, self.interval_bias[self.interval_index])
@@ -449,11 +445,13 @@ def widen(old: BachLSTM, cfg: ModelConfig) -> BachLSTM:
             state[name] = value.clone()
     if oc.n_inputs != cfg.n_inputs:
         w_old = old.state_dict()["lstm.weight_ih_l0"]  # (4h, old inputs)
-        n, old_in = cfg.n_pitches, oc.n_inputs
-        w = torch.zeros(w_old.shape[0], cfg.n_inputs)
-        w[:, :old_in] = w_old  # new inputs are appended after the old ones, with zero weight
+        old_cols, new_cols = input_columns(oc), input_columns(cfg)
+        w = torch.zeros(w_old.shape[0], cfg.n_inputs)  # inputs the old model lacks start at zero weight
+        for name, cols in old_cols.items():
+            w[:, new_cols[name]] = w_old[:, cols]
         if cfg.player_input and not oc.player_input:
-            w[:, old_in: old_in + 2 * n] = w_old[:, : 2 * n]
+            for part in ("onset", "sound"):
+                w[:, new_cols[f"player_{part}"]] = w_old[:, old_cols[f"own_{part}"]]
         state["lstm.weight_ih_l0"] = w
     new.load_state_dict(state)
     return new

@@ -26,6 +26,7 @@ from .network import (
     default_size,
     frame_features,
     frame_targets,
+    input_columns,
     load_checkpoint,
     save_checkpoint,
 )
@@ -200,10 +201,10 @@ def make_windows(pieces: list, cfg: ModelConfig, seq_len: int, rng: np.random.Ge
                 x, y, mk = listening_arrays(_shift_voices(voices, shift), g.bar_positions(), cfg,
                                             rng if rng is not None else np.random.default_rng(0))
                 if own_dropout and rng is not None:
-                    n = cfg.n_pitches
-                    player = x[:, 2 * n + cfg.bar_slots: 4 * n + cfg.bar_slots].any(axis=1)
+                    cols = input_columns(cfg)
+                    player = x[:, cols["player_onset"].start: cols["player_sound"].stop].any(axis=1)
                     hide = player & (mk > 0) & (rng.random(len(x)) < own_dropout)
-                    x[hide, : 2 * n] = 0.0
+                    x[hide, cols["own_onset"].start: cols["own_sound"].stop] = 0.0
             else:
                 x, y = piece_arrays(g, cfg)
                 mk = np.ones(len(g), np.float32)
