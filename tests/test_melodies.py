@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from improviser.music.analysis import parse_key
 from improviser.music.encoding import Grid, notes_to_grid
 from improviser.music.listening_metrics import (
     answer_key_shares,
@@ -15,7 +16,6 @@ from improviser.music.listening_metrics import (
     consonance_summary,
     fifths,
     key_relation,
-    parse_key,
 )
 
 
@@ -154,3 +154,14 @@ def test_heldout_melodies_load_cache_and_place(tmp_path, monkeypatch):
             assert pitches.min() >= 24 and pitches.max() <= 95
             shift = int(pitches[0]) - int(m.grid.notes()[0, 0])
             assert (np.roll(m.grid.sound, shift, axis=1) == placed.grid.sound).all()  # the same tune, moved
+
+
+def test_the_held_out_collections_are_never_among_the_training_chorales():
+    """Training reads the Bach chorales of the corpus; none of its files may come from the folk collections
+    that the listening evaluation holds out."""
+    from improviser.model.data import _chorale_paths
+    from improviser.music.melodies import COLLECTIONS
+
+    paths = _chorale_paths()
+    assert len(paths) > 300
+    assert not [p for p in paths if any(c.lower() in str(p).lower() for c in COLLECTIONS)]

@@ -93,10 +93,8 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
         first = int(played[0]) if played.size else len(phrase)
         pairs["answer"].append((m.phrase(4), _window(own, first, answer_len)))
         # The same phrase as a primer file.
-        g = StreamingGenerator(model, temperature, 1, seed=i, beats_per_bar=bpb)
-        g.prime(phrase)
-        out = free_steps(g, answer_len)
-        pairs["prime"].append((m.phrase(4), out))
+        pairs["prime"].append((m.phrase(4), free(model, answer_len, temperature, 1, seed=i, prime=phrase,
+                                                 beats_per_bar=bpb)))
         pairs["no phrase"].append((m.phrase(4), free(model, answer_len, temperature, 1, seed=i, beats_per_bar=bpb)))
         pairs["the tune itself"].append((m.phrase(4), m.continuation(4)))
         # Accompanying its first 8 bars (or as many as it has).
@@ -115,16 +113,6 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
     fits = {name: consonance_summary(c) for name, c in acc.items()}
     fits["Bach: lower voices vs soprano"] = consonance_summary(bach)
     return {"keys": keys, "consonance": fits, "n_tunes": len(tunes), "n_chorales": len(bach)}
-
-
-def free_steps(gen, n: int) -> Grid:
-    """n more steps from a streaming generator, as a Grid."""
-    onset = np.zeros((n, 128), bool)
-    sound = np.zeros((n, 128), bool)
-    for t in range(n):
-        f = gen.step()
-        onset[t], sound[t] = f.onset, f.sound
-    return Grid(onset, sound)
 
 
 def format_listening(r: dict) -> list[str]:

@@ -315,9 +315,10 @@ class Conductor:
         """When step ``k`` is (or was) due (valid once ``run`` has started)."""
         return self.timing.deadline(k)
 
-    def wait_until(self, deadline: float) -> bool:
-        """Sleep until ``deadline`` on the conductor's clock; False if stopped meanwhile."""
-        return wait_until(self.clock, deadline, self._stop, self.spin)
+    def wait_until(self, deadline: float, spin: float | None = None) -> bool:
+        """Sleep until ``deadline`` on the conductor's clock (spinning the last ``spin`` seconds, default the
+        conductor's; 0: sleep only); False if stopped meanwhile."""
+        return wait_until(self.clock, deadline, self._stop, self.spin if spin is None else spin)
 
     # ---- the sender ----------------------------------------------------------------------------
 

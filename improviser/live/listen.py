@@ -293,14 +293,9 @@ class Listening:
 
     def _wait_to_listen(self, k: int) -> float:
         """Sleep until half a step before step k is due: what is heard by then belongs to step k - 1."""
-        engine = self.engine
-        c, clock = engine.conductor, engine.clock
-        until = engine.timing.deadline(k) - engine.timing.step_seconds / 2
-        while not c.stopped:
-            left = until - clock.now()
-            if left <= 0:
-                break
-            clock.sleep(min(left, 0.05))
+        timing = self.engine.timing
+        until = timing.deadline(k) - timing.step_seconds / 2
+        self.engine.conductor.wait_until(until, spin=0.0)  # no spin: half a step early is early enough
         return until
 
     def _control(self, k: int, msg: mido.Message) -> None:

@@ -47,15 +47,19 @@ class TrainConfig:
     chunk_pieces: int = 512  # pieces put on the grid and cut into windows at a time
 
 
+def before(a: np.ndarray) -> np.ndarray:
+    """The frame before each step: (T, P) -> (T, P), a silent frame first."""
+    return np.vstack([np.zeros((1, a.shape[1]), a.dtype), a[:-1]])
+
+
 def piece_arrays(grid: Grid, cfg: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
     """Inputs (T, n_inputs) and targets (T, n_pitches) for a whole piece.
 
     The input at step t is the frame at t-1 (silence before the first step) and
     the bar position of step t; the target is the state of every pitch at t.
     """
-    prev_on = np.vstack([np.zeros((1, 128), bool), grid.onset[:-1]])
-    prev_snd = np.vstack([np.zeros((1, 128), bool), grid.sound[:-1]])
-    return frame_features(prev_on, prev_snd, grid.bar_positions(), cfg), frame_targets(grid.onset, grid.sound, cfg)
+    x = frame_features(before(grid.onset), before(grid.sound), grid.bar_positions(), cfg)
+    return x, frame_targets(grid.onset, grid.sound, cfg)
 
 
 # ---- a listening model: who plays what -----------------------------------------------------------
@@ -78,8 +82,7 @@ ANSWER_GAP = (0, 12)  # silent steps between a phrase and its answer (respond mo
 
 def _with_onsets(onset: np.ndarray, sound: np.ndarray) -> np.ndarray:
     """Onsets where a pitch starts sounding without one (a part cut in at a segment boundary)."""
-    prev = np.vstack([np.zeros((1, sound.shape[1]), bool), sound[:-1]])
-    return onset | (sound & ~prev)
+    return onset | (sound & ~before(sound))
 
 
 def role_grids(voices: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
@@ -126,9 +129,6 @@ def listening_arrays(voices: list[tuple[np.ndarray, np.ndarray]], bar_pos: np.nd
                      rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inputs (T, n_inputs), targets (T, n_pitches) and mask (T,) of a piece for a listening model."""
     own_on, own_snd, pl_on, pl_snd, mask = role_grids(voices, rng)
-
-    def before(a):  # the frame before each step
-        return np.vstack([np.zeros((1, a.shape[1]), a.dtype), a[:-1]])
 
     memory = KeyMemory.sequence(own_on | pl_on) if cfg.key_memory else None
     player_memory = KeyMemory.sequence(pl_on) if cfg.player_key_memory else None

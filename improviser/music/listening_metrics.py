@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .analysis import estimate_key, key_name, parse_key  # noqa: F401 (parse_key: part of this module's API)
+from .analysis import estimate_key, key_name
 from .encoding import Grid
 
 MODES = ("major", "minor")
