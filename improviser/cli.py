@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -110,6 +110,13 @@ PRIME_OPT = typer.Option(None, "--prime", help="A MIDI phrase the model listens 
                          "player's phrase is).")
 KEY_OPT = typer.Option("auto", "--key", help="auto: follow the key of what it hears (and plays); a key such as "
                        "'D minor' or 'F# major' holds it there.")
+VELOCITY_OPT = typer.Option(None, "--velocity", help="Bounds for its velocities, LO..HI (1..127), e.g. 40..110. "
+                            "They follow how hard you play, with a metrical accent (96/84/72 with nobody heard).")
+CHANNEL_OPT = typer.Option(None, "--channel", help="MIDI channel for its own notes, 1..16 (default 1; 2 with "
+                           "--thru, so your keyboard on channel 1 keeps its own sound).")
+PROGRAM_OPT = typer.Option(None, "--program", help="General MIDI program, 0..127, sent as a program change at the "
+                           "start on its channel and written in its files (default 48, String Ensemble 1; "
+                           "-1 sends none).")
 
 
 @dataclass
@@ -123,15 +130,34 @@ class MusicOptions:
     prime: Optional[Path]
     checkpoint: Optional[Path]
     key: str
+    velocity: Optional[str] = None
+    channel: Optional[int] = None
+    program: Optional[int] = None
 
     def check(self) -> MusicOptions:
-        from .model.generator import check_controls, parse_key
+        from .model.generator import check_controls, parse_key, parse_velocity_range
 
         if self.bpm is not None:
             check_bpm(self.bpm)
         check_controls(self.temperature, self.stability)
         parse_key(self.key)
+        parse_velocity_range(self.velocity)
+        if self.channel is not None and not 1 <= self.channel <= 16:
+            raise ImproviserError(f"--channel {self.channel}: MIDI channels are 1..16")
+        if self.program is not None and not -1 <= self.program <= 127:
+            raise ImproviserError(f"--program {self.program}: General MIDI programs are 0..127 (-1: send none)")
         return self
+
+    def midi_channel(self, thru: bool = False) -> int:
+        """Its own channel, 0-based: --channel, else 1 (2 with --thru, leaving 1 to the player)."""
+        return (self.channel if self.channel is not None else 2 if thru else 1) - 1
+
+    def gm_program(self) -> int | None:
+        """The program change to send (None: send none)."""
+        from .music.encoding import DEFAULT_PROGRAM
+
+        program = DEFAULT_PROGRAM if self.program is None else self.program
+        return None if program < 0 else program
 
 
 MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
@@ -142,6 +168,9 @@ MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
     "prime": (Optional[Path], PRIME_OPT),
     "checkpoint": (Optional[Path], CHECKPOINT_OPT),
     "key": (str, KEY_OPT),
+    "velocity": (Optional[str], VELOCITY_OPT),
+    "channel": (Optional[int], CHANNEL_OPT),
+    "program": (Optional[int], PROGRAM_OPT),
 }
 
 
@@ -190,6 +219,7 @@ def generate(
     Example: improviser generate out.mid --seconds 30 --bpm 90 --seed 7
     """
     from .model.generator import generate as gen
+    from .model.generator import parse_velocity_range
     from .music.encoding import grid_to_timed_notes, write_midi
 
     check_seconds(seconds)
@@ -199,9 +229,12 @@ def generate(
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     t0 = time.perf_counter()
     n_steps = math.ceil(seconds * music.bpm / 60.0 * model.cfg.steps_per_beat)
-    grid = gen(model, n_steps, music.temperature, music.stability, music.seed, primer, key=music.key)
-    notes = grid_to_timed_notes(grid, music.bpm)
-    write_midi(out, {"improviser": notes}, music.bpm, length=seconds)
+    grid = gen(model, n_steps, music.temperature, music.stability, music.seed, primer, key=music.key,
+               velocity=parse_velocity_range(music.velocity))
+    channel, program = music.midi_channel(), music.gm_program()
+    notes = grid_to_timed_notes(grid, music.bpm, channel)
+    write_midi(out, {"improviser": notes}, music.bpm, length=seconds,
+               programs={"improviser": [(channel, program)]} if program is not None else None)
     typer.echo(f"wrote {out}: {seconds:g} s, {len(notes)} notes at {music.bpm:g} bpm "
                f"in {time.perf_counter() - t0:.2f} s", err=True)
 
@@ -411,6 +444,9 @@ CC_OPT = typer.Option(None, "--cc", help="Move a live control to another control
 SYNC_OPT = typer.Option("internal", "--sync", help="internal: its own clock at --bpm; clock: follow the 24 ppqn "
                         "MIDI clock (start/stop/continue) arriving on --input.")
 
+THRU_OPT = typer.Option(False, "--thru", help="Forward every note and control you play on --input to the output "
+                        "at once, on your own channel, so you hear yourself through the same synth.")
+
 
 @dataclass
 class LiveOptions:
@@ -423,6 +459,7 @@ class LiveOptions:
     respond_after: float
     cc: Optional[list[str]]
     sync: str
+    thru: bool
     music: MusicOptions
 
 
@@ -434,6 +471,7 @@ LIVE_PARAMS = {
     "respond_after": (float, RESPOND_AFTER_OPT),
     "cc": (Optional[list[str]], CC_OPT),
     "sync": (str, SYNC_OPT),
+    "thru": (bool, THRU_OPT),
 }
 live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (MusicOptions, MUSIC_PARAMS)})
 
@@ -445,8 +483,8 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
     if opts.sync not in ("internal", "clock"):
         raise ImproviserError(f"unknown --sync {opts.sync!r}; choose internal or clock")
     if opts.input_name is None:
-        if opts.mode is not None or opts.cc or opts.sync == "clock":
-            raise ImproviserError("--mode, --cc and --sync clock need a MIDI input: add --input NAME or "
+        if opts.mode is not None or opts.cc or opts.sync == "clock" or opts.thru:
+            raise ImproviserError("--mode, --cc, --thru and --sync clock need a MIDI input: add --input NAME or "
                                   "--input virtual")
         return None, None, None
     mode = check_mode(opts.mode or "respond")
@@ -472,10 +510,11 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
 
 def _live_generator(music: MusicOptions):
     """The streaming generator the live commands play, having listened to the primer if any."""
-    from .model.generator import StreamingGenerator
+    from .model.generator import StreamingGenerator, parse_velocity_range
 
     model, _ = load_model(music.checkpoint)
-    gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key)
+    gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key,
+                             velocity=parse_velocity_range(music.velocity))
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     if primer is not None:
         gen.prime(primer)
@@ -489,6 +528,7 @@ class LiveParts:
     generator: object
     listening: object = None
     timing: object = None
+    engine: dict = field(default_factory=dict)  # more LiveEngine options: channel, program, thru, sinks
 
 
 @contextlib.contextmanager
@@ -501,8 +541,10 @@ def _live(port, api: Optional[str], opts: LiveOptions):
     try:
         gen = _live_generator(opts.music)
         listening, timing, listener = _listening(api, opts, opts.music.prime is not None)
+        engine = {"channel": opts.music.midi_channel(opts.thru), "program": opts.music.gm_program(),
+                  "thru": opts.thru}
         with realtime_process():
-            yield LiveParts(gen, listening, timing)
+            yield LiveParts(gen, listening, timing, engine)
     finally:
         if listener is not None:
             listener.close()
@@ -575,7 +617,8 @@ def accompany(
     check_bpm(bpm)
     gen = _live_generator(music)
     t0 = time.perf_counter()
-    session = run_accompany(gen, tune, bpm, mode, respond_after, extra)
+    session = run_accompany(gen, tune, bpm, mode, respond_after, extra, channel=music.midi_channel(),
+                            program=music.gm_program())
     session.write(out, bpm)
     typer.echo(f"wrote {out}: {session.length:.1f} s at {bpm:g} bpm, {len(session.notes('player'))} melody notes, "
                f"{len(session.notes())} of its own ({mode}) in {time.perf_counter() - t0:.2f} s", err=True)
@@ -615,7 +658,7 @@ def record(
         if port is not None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
         result = run_record(parts.generator, out, seconds, bpm, port, warn=_warn, listening=parts.listening,
-                            timing=parts.timing)
+                            timing=parts.timing, **parts.engine)
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
     typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
@@ -664,7 +707,7 @@ def play(
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
         result = run_play(parts.generator, sessions, session_seconds, live.music.bpm, port, warn=_warn,
-                          on_written=written, listening=parts.listening, timing=parts.timing)
+                          on_written=written, listening=parts.listening, timing=parts.timing, **parts.engine)
     typer.echo(f"stopped after {result.n_written} sessions; {_timing_line(result)}", err=True)
 
 

@@ -123,7 +123,12 @@ class LiveEngine:
     listening: a ``listen.Listening`` part (a player's input), or None to play alone.
     lookahead: steps the model may run ahead (0: inline, for an offline run on a virtual clock).
     sinks: more places every message goes, after the port, with its send time: objects with
-        ``send(msg, t)`` (a synth, a logger). Called on the sender thread; they must not block.
+        ``send(msg, t)`` (a synth, a logger). Called on the sender thread -- and, with ``thru``, on
+        the MIDI input's thread too: they must not block, and must take calls from both.
+    program: a General MIDI program (0..127) sent as a program change on ``channel`` at the start
+        (and written in the session files); None sends none.
+    thru: forward every note and control change the player plays (``listening``) to the port and
+        the sinks at once, on the player's own channel, from the input's thread.
     session_seconds: cut a new session every this many seconds (rounded to whole
         steps); None: one session for the whole run.
     on_session(session): called (on a background thread) with each finished
@@ -136,7 +141,7 @@ class LiveEngine:
                  on_session: Callable[[Session], None] | None = None,
                  warn: Callable[[str], None] | None = None, channel: int = 0,
                  listening: Any = None, timing: TimingSource | None = None, lookahead: int = 2,
-                 sinks: list | None = None):
+                 sinks: list | None = None, program: int | None = None, thru: bool = False):
         self.generator = generator
         self.bpm = float(bpm)
         self.port = port
@@ -150,6 +155,7 @@ class LiveEngine:
         self.timing = timing or TempoGrid(self.step_seconds, self.clock)
         self.listening = listening
         self.sinks = list(sinks or [])
+        self.program = program
         self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform, clock=self.clock,
                                    lookahead=lookahead, on_late=self._late, on_pause=self.pause)
         self.recorder: SessionRecorder | None = None
@@ -157,6 +163,8 @@ class LiveEngine:
         self._writer: _SessionWriter | None = None
         if listening is not None:
             listening.attach(self)
+            if thru:
+                listening.listener.thru = self.forward
 
     @property
     def follows_clock(self) -> bool:
@@ -191,6 +199,10 @@ class LiveEngine:
         try:
             start = self.clock.now() + START_DELAY
             self.recorder = SessionRecorder(start)
+            if self.program is not None:
+                change = mido.Message("program_change", channel=self.channel, program=self.program)
+                self.forward(change)
+                self.recorder.record(change, start)
             if seconds is not None and not grid:
                 timer = call_later(self.clock, seconds, self.conductor.stop)
             self.conductor.run(n_steps, start=start)
@@ -247,6 +259,14 @@ class LiveEngine:
             self.recorder.record(msg, t)
         for when, msg in later:  # the player's notes heard after the cut belong to the new session
             self.recorder.record(msg, when, PLAYER)
+
+    def forward(self, msg: mido.Message) -> None:
+        """Send one message now to the port and every sink (any thread: the port and the sinks lock)."""
+        if self.port is not None:
+            self.port.send(msg)
+        t = self.clock.now()
+        for sink in self.sinks:
+            sink.send(msg, t)
 
     def _late(self, k: int) -> None:
         n = self.conductor.stats.late_steps
@@ -360,8 +380,10 @@ def call_later(clock: Clock, seconds: float, fn: Callable[[], None]) -> _Timer:
 def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: float,
            port: OutputPort | None = None, clock: Clock | None = None,
            warn: Callable[[str], None] | None = None, listening: Any = None,
-           timing: TimingSource | None = None) -> LiveResult:
+           timing: TimingSource | None = None, **options) -> LiveResult:
     """Play ``seconds`` live into ``port`` and save what was sent to ``out``.
+
+    options: more of ``LiveEngine``'s (channel, program, thru, sinks).
 
     Without a port it runs on a virtual clock, i.e. as fast as the model goes,
     and writes the same kind of file. If stopped early, the partial session is
@@ -369,7 +391,7 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
     """
     if port is None and clock is None and timing is None:
         clock = VirtualClock()
-    engine = LiveEngine(generator, bpm, port, clock=clock, warn=warn, listening=listening, timing=timing)
+    engine = LiveEngine(generator, bpm, port, clock=clock, warn=warn, listening=listening, timing=timing, **options)
     with stop_on_signals(engine.stop):
         result = engine.run(seconds)
     session = result.sessions[-1]
@@ -381,7 +403,7 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
 def play(generator: StreamingGenerator, sessions_dir: str | Path, session_seconds: float, bpm: float,
          port: OutputPort, clock: Clock | None = None, warn: Callable[[str], None] | None = None,
          on_written: Callable[[Path, Session], None] | None = None, listening: Any = None,
-         timing: TimingSource | None = None) -> LiveResult:
+         timing: TimingSource | None = None, **options) -> LiveResult:
     """The service: play until Ctrl-C or SIGTERM, writing each session back to back into ``sessions_dir``.
 
     The hidden state carries on from session to session; the partial last
@@ -403,7 +425,7 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
 
     saver = SessionSaver(folder, bpm, path_for, on_written=on_written, warn=warn)
     engine = LiveEngine(generator, bpm, port, clock=clock, session_seconds=session_seconds,
-                        on_session=saver.save, warn=warn, listening=listening, timing=timing)
+                        on_session=saver.save, warn=warn, listening=listening, timing=timing, **options)
     try:
         with stop_on_signals(engine.stop):
             result = engine.run(None)
@@ -443,7 +465,7 @@ def schedule_melody(clock: VirtualClock, listener: Any, melody: Grid, start: flo
 
 
 def accompany(generator: StreamingGenerator, melody: Grid, bpm: float, mode: str = "accompany",
-              respond_after: float = 2.0, extra_beats: float = 4.0) -> Session:
+              respond_after: float = 2.0, extra_beats: float = 4.0, **options) -> Session:
     """Play along with ``melody`` exactly as the live engine would with a player, on a virtual clock.
 
     The melody's notes arrive at the listening part at their times at ``bpm`` (no MIDI system);
@@ -462,7 +484,7 @@ def accompany(generator: StreamingGenerator, melody: Grid, bpm: float, mode: str
     clock = VirtualClock()
     listener = InputListener(now=clock.now)
     listening = Listening(listener, mode=mode, respond_after=respond_after, just_in_time=True)
-    engine = LiveEngine(generator, bpm, None, clock=clock, listening=listening, lookahead=0)
+    engine = LiveEngine(generator, bpm, None, clock=clock, listening=listening, lookahead=0, **options)
     schedule_melody(clock, listener, melody, clock.now() + START_DELAY, step_seconds)
     result = engine.run(seconds)
     return result.sessions[-1]

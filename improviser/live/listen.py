@@ -124,6 +124,10 @@ class InputListener:
         self.panics = 0  # panic presses so far
         self.note_ons = 0  # note-ons so far
         self.port: Any = None
+        # thru(msg): where the player's notes and controls are forwarded at once (the engine's ``forward``
+        # with --thru), set before the input opens and then only read; its failures are counted.
+        self.thru: Callable[[mido.Message], None] | None = None
+        self.thru_failed = 0
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._held: tuple[float, mido.Message] | None = None  # drained too early; the producer's only
 
@@ -132,6 +136,11 @@ class InputListener:
         t = self.now()
         kind = msg.type
         if kind in MUSIC:
+            if self.thru is not None:
+                try:
+                    self.thru(msg)  # first: the player hears themselves before anything else is done
+                except Exception:  # noqa: BLE001 -- a port that went away must not stop the listening
+                    self.thru_failed += 1
             if kind == "control_change" and msg.control == self.panic_cc and msg.value >= 64:
                 self.panics += 1  # first: a panic works even when the queue is full
             try:
@@ -186,23 +195,29 @@ class HeardNotes:
     def __init__(self):
         self.held = np.zeros((16, N_MIDI), bool)
         self.struck = np.zeros(N_MIDI, bool)
+        self.loudest = 0  # the highest velocity struck this step
 
     def feed(self, msg: mido.Message) -> None:
         if msg.type == "note_on" and msg.velocity > 0:
             self.struck[msg.note] = True
+            self.loudest = max(self.loudest, msg.velocity)
             self.held[msg.channel, msg.note] = True
         elif msg.type in ("note_on", "note_off"):  # note_on with velocity 0 is a note-off
             self.held[msg.channel, msg.note] = False
 
     def frame(self) -> Frame:
         """This step's heard frame; starts the next step."""
-        onset = self.struck
+        onset, loudest = self.struck, self.loudest
         self.struck = np.zeros(N_MIDI, bool)
-        return Frame(onset, onset | self.held.any(axis=0))
+        self.loudest = 0
+        if not onset.any():
+            return Frame(onset, self.held.any(axis=0))
+        return Frame(onset, onset | self.held.any(axis=0), loudest)
 
     def clear(self) -> None:
         self.held[:] = False
         self.struck[:] = False
+        self.loudest = 0
 
 
 @dataclass

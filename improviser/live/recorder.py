@@ -32,13 +32,15 @@ class Session:
     start: float  # clock time of its start
     length: float  # seconds
     tracks: dict[str, list[TimedNote]] = field(default_factory=dict)
+    programs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # track -> [(channel, program)]
 
     def notes(self, track: str = IMPROVISER) -> list[TimedNote]:
         return self.tracks.get(track, [])
 
     def write(self, path: str | os.PathLike, bpm: float) -> Path:
         """Write the session as a MIDI file (atomically), every track present even if empty."""
-        write_midi(path, {name: self.notes(name) for name in TRACKS}, bpm, length=self.length)
+        write_midi(path, {name: self.notes(name) for name in TRACKS}, bpm, length=self.length,
+                   programs=self.programs)
         return Path(path)
 
 
@@ -63,9 +65,13 @@ class SessionRecorder:
         self.index = 0
         self._open: dict[tuple[str, int, int], _Open] = {}  # (track, channel, pitch) -> its note-on
         self._notes: dict[str, list[TimedNote]] = {name: [] for name in TRACKS}
+        self._programs: dict[str, dict[int, int]] = {}  # track -> channel -> program; every session starts so
 
     def record(self, msg: mido.Message, t: float, track: str = IMPROVISER) -> None:
-        """Note a message sent (or heard) at clock time ``t``; anything but notes is ignored."""
+        """Note a message sent (or heard) at clock time ``t``; notes and program changes, nothing else."""
+        if msg.type == "program_change":
+            self._programs.setdefault(track, {})[msg.channel] = msg.program
+            return
         if msg.type not in ("note_on", "note_off"):
             return
         key = (track, msg.channel, msg.note)
@@ -95,7 +101,8 @@ class SessionRecorder:
             self._close(key, t)
         session = Session(self.index, self.session_start, t - self.session_start,
                           {name: sorted(notes, key=lambda n: (n.start, n.pitch)) for name, notes in
-                           self._notes.items()})
+                           self._notes.items()},
+                          {name: sorted(chans.items()) for name, chans in self._programs.items()})
         self.index += 1
         self.session_start = t
         self._notes = {name: [] for name in TRACKS}

@@ -22,6 +22,28 @@ MAX_STABILITY = 64  # steps; 4 bars of 16ths
 # kept off, 63 % without, at 2.05 and 2.25 notes at once).
 CLASH = (1, 2, 5, 6, 10, 11)
 GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of held notes would ban every pitch
+# The hold on the key: logits taken off striking a pitch class outside the key the player set (or --key
+# names), so it modulates far less often than it would on its own; 0 lets the model roam.
+KEY_HOLD = 2.0
+KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
+# Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
+ACCENT = (12, 0, -12)
+LEVEL = 84  # the level with nobody to follow: 96/84/72
+LEVEL_FOLLOW = 0.3  # how far each heard step with struck notes moves the level toward their velocity
+
+
+def parse_velocity_range(text: str | None) -> tuple[int, int]:
+    """--velocity 'LO..HI' (1..127) -> (lo, hi); None -> (1, 127)."""
+    if text is None:
+        return 1, 127
+    lo, sep, hi = text.partition("..")
+    try:
+        bounds = int(lo), int(hi)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not 1 <= bounds[0] <= bounds[1] <= 127:
+        raise ImproviserError(f"--velocity {text!r}: write LO..HI with 1 <= LO <= HI <= 127, e.g. 40..110")
+    return bounds
 
 
 def check_controls(temperature: float, note_stability: int) -> None:
@@ -67,20 +89,34 @@ class StreamingGenerator:
         reacts within the step to what was just heard, which the model learns only in part. It
         stands aside while the player holds more than GUARD_MOST notes.
 
+    key_hold: logits taken off striking a note outside the key (0: off). The key is the one
+        named by ``key``, else the key of what the player has played (Krumhansl-Schmuckler on a
+        running count of their notes, once KEY_HEARD notes are in it); with neither, no hold.
+
+    velocity: (lo, hi) bounds for its velocities. They follow the player's dynamics (a running
+        level of the velocities heard) with a metrical accent; with nobody heard, 96/84/72.
+
     A listening model hears the player's notes as their own input; an older model hears
     them merged into its own last frame.
     """
 
     def __init__(self, model: BachLSTM, temperature: float = 1.0, note_stability: int = 1,
                  seed: int | None = None, beats_per_bar: int = 4, key: str | None = None,
-                 guard: bool = True):
+                 guard: bool = True, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127)):
         check_controls(temperature, note_stability)
+        if not 1 <= velocity[0] <= velocity[1] <= 127:
+            raise ImproviserError(f"velocity bounds must be 1 <= lo <= hi <= 127 (got {velocity})")
+        self.velocity_range = (int(velocity[0]), int(velocity[1]))
+        if not (0.0 <= key_hold <= 20.0) or math.isnan(key_hold):
+            raise ImproviserError(f"key hold must be between 0 (off) and 20 (got {key_hold})")
+        self.key_hold = float(key_hold)
         self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
         self.memory = KeyMemory()  # everything struck, the player's and its own
         self.player_memory = KeyMemory()  # the player's notes alone
         pinned = parse_key(key)
+        self.pinned_key = pinned
         if pinned is not None:
             if not self.cfg.key_memory:
                 raise ImproviserError(f"--key {key!r}: this checkpoint has no key memory to hold a key in "
@@ -103,6 +139,7 @@ class StreamingGenerator:
         self.age = np.zeros(N_MIDI, np.int64)  # steps each of its sounding notes has lasted
         self._heard = Frame.silent()
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
+        self.level: float | None = None  # the player's dynamics, once heard
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -125,11 +162,14 @@ class StreamingGenerator:
             self.hear(heard)
         heard, self._heard = self._heard, Frame.silent()
         self._player = heard.sound
+        if heard.onset.any():
+            v = float(heard.velocity)
+            self.level = v if self.level is None else self.level + LEVEL_FOLLOW * (v - self.level)
         pos = np.array([self.step_index % self.steps_per_bar])
+        self.player_memory.strike(heard.onset)
         if self.cfg.player_input:
             # The key memory takes the previous step's notes, the model's and the player's, before this one.
             self.memory.strike(self.last.onset | heard.onset)
-            self.player_memory.strike(heard.onset)
             mem = self.memory.features()[None] if self.cfg.key_memory else None
             pmem = self.player_memory.features()[None] if self.cfg.player_key_memory else None
             x = frame_features(self.last.onset[None], self.last.sound[None], pos, self.cfg,
@@ -149,7 +189,8 @@ class StreamingGenerator:
         """Listen to a phrase (e.g. a primer file) step by step, so it moves the hidden state."""
         for t in range(len(grid)):
             self.step(play=False)
-            self.hear(Frame(grid.onset[t], grid.sound[t]))
+            struck = grid.velocity[t][grid.onset[t]] if grid.velocity is not None else ()
+            self.hear(Frame(grid.onset[t], grid.sound[t], int(max(struck)) if len(struck) else Frame.velocity))
 
     def _sample(self, h: np.ndarray) -> Frame:
         cfg = self.cfg
@@ -162,13 +203,38 @@ class StreamingGenerator:
             banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
             banned[:, 0] = False
         u = self.rng.random(cfg.n_pitches)
-        state = self.net.sample(h, u, self.temperature, banned, self._player[lo:hi])
+        state = self.net.sample(h, u, self.temperature, banned, self._player[lo:hi], self._key_bias())
         onset = np.zeros(N_MIDI, bool)
         sound = np.zeros(N_MIDI, bool)
         sound[lo:hi] = state != 0
         # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
         onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
         return Frame(onset, sound, self._velocity())
+
+    def key(self) -> tuple[int, str] | None:
+        """The key it holds to now: the one named, else the player's once heard, else None."""
+        if self.pinned_key is not None:
+            return self.pinned_key
+        counts = self.player_memory.counts
+        if counts.sum() < KEY_HEARD:
+            return None
+        tonic, mode, _ = analysis.key_of_histogram(counts)
+        return tonic, mode
+
+    def _key_bias(self) -> np.ndarray | None:
+        """(n_pitches, states) logits: striking (or, two-state, starting) a note outside the key costs key_hold."""
+        key = self.key() if self.key_hold > 0 else None
+        if key is None:
+            return None
+        cfg = self.cfg
+        pitches = np.arange(cfg.low, cfg.low + cfg.n_pitches)
+        outside = ~analysis.in_key(*key)[pitches % 12]
+        bias = np.zeros((cfg.n_pitches, cfg.states))
+        if cfg.states == 3:
+            bias[outside, ONSET] = -self.key_hold
+        else:  # sounding: only a note that is not already sounding starts here
+            bias[outside & ~self.last.sound[cfg.low: cfg.low + cfg.n_pitches], 1] = -self.key_hold
+        return bias
 
     def _clashes(self) -> np.ndarray:
         """bool (128,): pitches a second, fourth, tritone or seventh (or those plus octaves) from a player's note."""
@@ -187,20 +253,20 @@ class StreamingGenerator:
         return Frame(out.onset & ~ends, out.sound | ends, out.velocity)
 
     def _velocity(self) -> int:
-        """A metrical accent: downbeat, beat, off-beat; the model has no velocity of its own."""
+        """The player's level (or LEVEL) with a metrical accent, within the bounds; the model has no velocity."""
         pos = self.step_index % self.steps_per_bar
-        if pos == 0:
-            return 96
-        if pos % self.cfg.steps_per_beat == 0:
-            return 84
-        return 72
+        accent = ACCENT[0] if pos == 0 else ACCENT[1] if pos % self.cfg.steps_per_beat == 0 else ACCENT[2]
+        level = LEVEL if self.level is None else self.level
+        lo, hi = self.velocity_range
+        return int(min(hi, max(lo, round(level + accent))))
 
 
 def generate(model: BachLSTM, n_steps: int, temperature: float = 1.0, note_stability: int = 1,
              seed: int | None = None, prime: Grid | None = None, beats_per_bar: int = 4,
-             key: str | None = None) -> Grid:
+             key: str | None = None, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127)) -> Grid:
     """Generate ``n_steps`` steps offline (after listening to ``prime``, if given)."""
-    gen = StreamingGenerator(model, temperature, note_stability, seed, beats_per_bar, key)
+    gen = StreamingGenerator(model, temperature, note_stability, seed, beats_per_bar, key, key_hold=key_hold,
+                             velocity=velocity)
     if prime is not None:
         gen.prime(prime)
     onset = np.zeros((n_steps, N_MIDI), bool)

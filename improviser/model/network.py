@@ -373,12 +373,13 @@ class NumpyLSTM:
         return (self.head_w @ h + self.head_b).reshape(self.cfg.n_pitches, self.cfg.states)
 
     def sample(self, h: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray,
-               player: np.ndarray | None = None) -> np.ndarray:
+               player: np.ndarray | None = None, bias: np.ndarray | None = None) -> np.ndarray:
         """Draw every pitch's state for one step -> int (n_pitches,).
 
         u: uniform draws, one per pitch (inverse-CDF sampling, so a seed fixes the result).
         banned: bool (n_pitches, states), states not allowed here (e.g. "held" for a silent pitch).
         player: bool (n_pitches,), the player's notes at the previous step (for the interval bias).
+        bias: float (n_pitches, states) added to the logits (e.g. the generator's hold on the key), or None.
         With the NADE head each pitch's distribution depends on the states chosen below it.
         """
         b = self.logits(h).astype(np.float64)
@@ -386,6 +387,8 @@ class NumpyLSTM:
             b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
         if self.key_bias is not None and self.x is not None:
             b += (self.x @ self.key_bias).reshape(b.shape)  # one small mat-vec for both memories
+        if bias is not None:
+            b += bias
         if self.nade is None:
             return _draw(b, u, temperature, banned)
         wc, bc, nw, nv = self.nade

@@ -29,14 +29,38 @@ def pitch_class_histogram(grid: Grid, weight: str = "duration") -> np.ndarray:
 
 def estimate_key(grid: Grid) -> tuple[int, str, float]:
     """Krumhansl-Schmuckler key finding -> (tonic pitch class, 'major'|'minor', correlation)."""
-    hist = pitch_class_histogram(grid)
-    best = (0, "major", -2.0)
-    for tonic in range(12):
-        for mode, profile in (("major", MAJOR), ("minor", MINOR)):
-            r = float(np.corrcoef(hist, np.roll(profile, tonic))[0, 1])
-            if r > best[2]:
-                best = (tonic, mode, r)
-    return best
+    return key_of_histogram(pitch_class_histogram(grid))
+
+
+_PROFILES = np.array([np.roll(p, t) for p in (MAJOR, MINOR) for t in range(12)])  # (24, 12): C major .. B minor
+_PROFILES_Z = (_PROFILES - _PROFILES.mean(axis=1, keepdims=True)) / _PROFILES.std(axis=1, keepdims=True)
+
+
+def key_of_histogram(hist: np.ndarray) -> tuple[int, str, float]:
+    """The key whose Krumhansl-Kessler profile best fits a pitch-class histogram (12,) -> (tonic, mode, r).
+
+    Any non-negative weights will do (durations, onsets, a decayed running count); a flat or
+    empty histogram gives C major with r = 0.
+    """
+    hist = np.asarray(hist, np.float64)
+    sd = hist.std()
+    if sd == 0:
+        return 0, "major", 0.0
+    r = _PROFILES_Z @ ((hist - hist.mean()) / sd) / 12.0
+    best = int(np.argmax(r))
+    return best % 12, ("major", "minor")[best // 12], float(r[best])
+
+
+# Pitch classes above the tonic that belong to a key: the major scale; in minor the natural minor
+# with the raised sixth and seventh (melodic and harmonic minor), as Bach writes it.
+SCALE_STEPS = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 9, 10, 11)}
+
+
+def in_key(tonic: int, mode: str) -> np.ndarray:
+    """bool (12,): the pitch classes of the key (see SCALE_STEPS)."""
+    out = np.zeros(12, bool)
+    out[[(tonic + s) % 12 for s in SCALE_STEPS[mode]]] = True
+    return out
 
 
 _LETTERS = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}

@@ -52,7 +52,14 @@ class Frame:
         return f
 
     def union(self, other: Frame) -> Frame:
-        return Frame(self.onset | other.onset, self.sound | other.sound, self.velocity)
+        """Both frames' notes; the velocity of whichever struck notes (the louder if both did)."""
+        if not other.onset.any():
+            velocity = self.velocity
+        elif not self.onset.any():
+            velocity = other.velocity
+        else:
+            velocity = max(self.velocity, other.velocity)
+        return Frame(self.onset | other.onset, self.sound | other.sound, velocity)
 
     @property
     def pitches(self) -> list[int]:
@@ -207,6 +214,11 @@ def read_midi(path: str | os.PathLike, steps_per_beat: int = STEPS_PER_BEAT) -> 
     return Grid(onset, sound, steps_per_beat, beats_per_bar, bpm, velocity)
 
 
+# The General MIDI program it plays with when none is asked for: String Ensemble 1 (49 in the GM list,
+# counted from 1), which sustains like the chorales' voices and answers to velocity, so the dynamics carry.
+DEFAULT_PROGRAM = 48
+
+
 @dataclass(frozen=True)
 class TimedNote:
     """A note in seconds, as played. ``end >= start`` is checked."""
@@ -231,8 +243,11 @@ def grid_to_timed_notes(grid: Grid, bpm: float | None = None, channel: int = 0) 
 
 
 def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm: float,
-               length: float | None = None, beats_per_bar: int = 4, ticks_per_beat: int = 480) -> None:
+               length: float | None = None, beats_per_bar: int = 4, ticks_per_beat: int = 480,
+               programs: dict[str, list[tuple[int, int]]] | None = None) -> None:
     """Write notes (in seconds) to a type-1 MIDI file, one track per entry of ``tracks``, with the tempo.
+
+    ``programs``: track name -> [(channel, General MIDI program)], program changes at the track's start.
 
     ``length`` (seconds) sets where the file ends, so a 30 s session is 30 s long
     even if its last note stops earlier. Written atomically: a temporary file in
@@ -274,6 +289,8 @@ def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm:
     for name, events in events_per_track:
         track = mido.MidiTrack()
         track.append(mido.MetaMessage("track_name", name=name, time=0))
+        for channel, program in (programs or {}).get(name, []):
+            track.append(mido.Message("program_change", channel=channel, program=program, time=0))
         now = 0
         for tick, _, msg in events:
             tick = min(tick, end_tick)
