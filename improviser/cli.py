@@ -462,6 +462,24 @@ class LiveOptions:
     thru: bool
     music: MusicOptions
 
+    def check(self) -> LiveOptions:
+        """Bad options, one line each, before any port opens."""
+        from .live.listen import check_mode, parse_cc_map
+
+        self.music.check()
+        if self.sync not in ("internal", "clock"):
+            raise ImproviserError(f"unknown --sync {self.sync!r}; choose internal or clock")
+        if self.input_name is None:
+            if self.mode is not None or self.cc or self.sync == "clock" or self.thru:
+                raise ImproviserError("--mode, --cc, --thru and --sync clock need a MIDI input: add --input NAME "
+                                      "or --input virtual")
+            return self
+        check_mode(self.mode or "respond")
+        if not (0.25 <= self.respond_after <= 64) or math.isnan(self.respond_after):
+            raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {self.respond_after})")
+        parse_cc_map(self.cc)
+        return self
+
 
 LIVE_PARAMS = {
     "api": (Optional[str], API_OPT),
@@ -478,18 +496,11 @@ live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (
 
 def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
     """(listening part, timing source or None, listener) for record/play: listening on --input, or Nones."""
-    from .live.listen import InputListener, Listening, check_mode, parse_cc_map, start_listening
+    from .live.listen import InputListener, Listening, parse_cc_map, start_listening
 
-    if opts.sync not in ("internal", "clock"):
-        raise ImproviserError(f"unknown --sync {opts.sync!r}; choose internal or clock")
-    if opts.input_name is None:
-        if opts.mode is not None or opts.cc or opts.sync == "clock" or opts.thru:
-            raise ImproviserError("--mode, --cc, --thru and --sync clock need a MIDI input: add --input NAME or "
-                                  "--input virtual")
+    if opts.check().input_name is None:
         return None, None, None
-    mode = check_mode(opts.mode or "respond")
-    if not (0.25 <= opts.respond_after <= 64) or math.isnan(opts.respond_after):
-        raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {opts.respond_after})")
+    mode = opts.mode or "respond"
     cc_map = parse_cc_map(opts.cc)
     follower = timing = None
     if opts.sync == "clock":
@@ -644,7 +655,7 @@ def record(
     from .ports.midi import MidiSystemMissing
 
     check_seconds(seconds)
-    live.music.check()
+    live.check()
     check_output(out)
     try:
         port = _open_output(live.api, live.output)
@@ -683,7 +694,7 @@ def play(
     from .live.engine import play as run_play
 
     check_seconds(session_seconds, "--session-seconds")
-    live.music.check()
+    live.check()
     if sessions.exists() and not sessions.is_dir():
         raise ImproviserError(f"--sessions {sessions} is a file; give a folder")
     try:

@@ -352,3 +352,48 @@ def test_a_flood_of_junk_neither_disturbs_the_timing_nor_loses_a_note(monitor, t
     player_notes, _, _ = file_notes(out, "player")
     assert len(player_notes) == sent["note_ons"], err
     assert " 0 dropped" in err and "ignored 0 " not in err, err
+
+
+def test_thru_forwards_every_player_note_at_once_on_its_channel_while_its_own_go_on_theirs(
+        player, monitor, tmp_path):
+    """--thru: the player's notes (channel 1) reach the output port within 2 ms (p99) of being sent, all of
+    them, with their velocities; its own notes go out on channel 2 (the default with --thru) after a program
+    change there; the player track of the session file is unchanged; nothing is left hanging."""
+    out = tmp_path / "thru.mid"
+    run = Run("record", str(out), "--seconds", "30", "--bpm", "120", "--seed", "4", "--api", "jack",
+              "--output", monitor.client, "--input", player.client, "--mode", "accompany", "--thru")
+    sent = []
+    try:
+        run.wait_for("playing into")
+        time.sleep(0.3)
+        t = time.monotonic() + 0.05
+        for i in range(48):  # 48 notes in 16ths at 120 bpm, on channel 1 (0 here), velocities 30..124
+            note, velocity = 60 + MAJOR_PHRASE[i % len(MAJOR_PHRASE)], 30 + (i * 47) % 95
+            sleep_until(t)
+            sent.append((player.send(mido.Message("note_on", channel=0, note=note, velocity=velocity)), note,
+                         velocity))
+            sleep_until(t + 0.1)
+            player.send(mido.Message("note_off", channel=0, note=note))
+            t += 0.125
+        time.sleep(0.3)
+    finally:
+        run.proc.send_signal(2)
+    err = run.finish()
+    time.sleep(0.05)
+    on0 = [(t, m) for t, m in monitor.messages("note_on") if m.channel == 0 and m.velocity > 0]
+    assert [(m.note, m.velocity) for _, m in on0] == [(n, v) for _, n, v in sent], err
+    delays = np.array([t - s for (t, _), (s, _, _) in zip(on0, sent)])
+    print(f"thru delay: median {np.median(delays) * 1e3:.2f} ms, p99 {np.percentile(delays, 99) * 1e3:.2f} ms")
+    assert np.percentile(delays, 99) <= 0.002, f"thru p99 {np.percentile(delays, 99) * 1e3:.2f} ms"
+    own = [m for _, m in monitor.messages() if m.type in ("note_on", "note_off", "program_change")
+           and m.channel != 0]
+    assert own and own[0].type == "program_change" and own[0].channel == 1
+    assert {m.channel for m in own} == {1}
+    # Both channels end silent (every note-on turned off), and the session file's player track is as played.
+    for channel in (0, 1):
+        sounding = set()
+        for _, m in monitor.messages("note_on", "note_off"):
+            if m.channel == channel:
+                (sounding.add if m.type == "note_on" and m.velocity else sounding.discard)(m.note)
+        assert not sounding, f"channel {channel + 1} left {sounding} sounding"
+    assert [p for p, _, _ in file_notes(out, "player")[0]] == [n for _, n, _ in sent]

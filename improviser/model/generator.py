@@ -22,8 +22,12 @@ MAX_STABILITY = 64  # steps; 4 bars of 16ths
 # kept off, 63 % without, at 2.05 and 2.25 notes at once).
 CLASH = (1, 2, 5, 6, 10, 11)
 GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of held notes would ban every pitch
-# The hold on the key: logits taken off striking a pitch class outside the key the player set (or --key
-# names), so it modulates far less often than it would on its own; 0 lets the model roam.
+# The hold on the key (the key the player set, or --key names): each pitch class's log Krumhansl-Kessler
+# rating (centred on the key's own scale, so the density of notes stays the same) plus a fall of half as
+# much again outside the scale, times KEY_HOLD, is added to the logit of striking it. Weighting the tonic
+# triad over the other degrees is what keeps an answer on the key's centre rather than its dominant's:
+# measured on 60 held-out tunes' primed answers, scale alone took same-or-relative key from 33 % to 50 %,
+# this to 77 %. 0 lets the model roam.
 KEY_HOLD = 2.0
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
 # Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
@@ -66,6 +70,13 @@ def parse_key(name: str | None) -> tuple[int, str] | None:
                               "'D minor', 'F# major', 'Bb major'") from None
 
 
+def key_leaning(tonic: int, mode: str) -> np.ndarray:
+    """(12,) per pitch class: the log of its key-profile rating, centred over the key's scale, less 0.5 outside it."""
+    profile = np.log(np.roll(analysis.MAJOR if mode == "major" else analysis.MINOR, tonic))
+    scale = analysis.in_key(tonic, mode)
+    return profile - profile[scale].mean() - 0.5 * ~scale
+
+
 def key_shares(model: BachLSTM, key: tuple[int, str]) -> np.ndarray:
     """What the key memory holds in ``key``: the checkpoint's own profile (or Krumhansl's) turned to its tonic."""
     profiles = getattr(model, "key_profiles", None) or {"major": analysis.MAJOR, "minor": analysis.MINOR}
@@ -89,7 +100,7 @@ class StreamingGenerator:
         reacts within the step to what was just heard, which the model learns only in part. It
         stands aside while the player holds more than GUARD_MOST notes.
 
-    key_hold: logits taken off striking a note outside the key (0: off). The key is the one
+    key_hold: how hard it leans on the key (see KEY_HOLD; 0: not at all). The key is the one
         named by ``key``, else the key of what the player has played (Krumhansl-Schmuckler on a
         running count of their notes, once KEY_HEARD notes are in it); with neither, no hold.
 
@@ -222,18 +233,19 @@ class StreamingGenerator:
         return tonic, mode
 
     def _key_bias(self) -> np.ndarray | None:
-        """(n_pitches, states) logits: striking (or, two-state, starting) a note outside the key costs key_hold."""
+        """(n_pitches, states) logits for striking (two-state: starting) each pitch, in the key held to."""
         key = self.key() if self.key_hold > 0 else None
         if key is None:
             return None
         cfg = self.cfg
         pitches = np.arange(cfg.low, cfg.low + cfg.n_pitches)
-        outside = ~analysis.in_key(*key)[pitches % 12]
+        per_class = self.key_hold * key_leaning(*key)
         bias = np.zeros((cfg.n_pitches, cfg.states))
         if cfg.states == 3:
-            bias[outside, ONSET] = -self.key_hold
+            bias[:, ONSET] = per_class[pitches % 12]
         else:  # sounding: only a note that is not already sounding starts here
-            bias[outside & ~self.last.sound[cfg.low: cfg.low + cfg.n_pitches], 1] = -self.key_hold
+            fresh = ~self.last.sound[cfg.low: cfg.low + cfg.n_pitches]
+            bias[fresh, 1] = per_class[pitches % 12][fresh]
         return bias
 
     def _clashes(self) -> np.ndarray:
