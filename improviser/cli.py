@@ -110,6 +110,8 @@ PRIME_OPT = typer.Option(None, "--prime", help="A MIDI phrase the model listens 
                          "player's phrase is).")
 KEY_OPT = typer.Option("auto", "--key", help="auto: follow the key of what it hears (and plays); a key such as "
                        "'D minor' or 'F# major' holds it there.")
+KEY_HOLD_OPT = typer.Option(3.0, "--key-hold", help="How firmly it keeps to the key (the player's, or --key's), "
+                            "0..20: 0 lets it wander and modulate as Bach would, 3 keeps an answer in your key.")
 VELOCITY_OPT = typer.Option(None, "--velocity", help="Bounds for its velocities, LO..HI (1..127), e.g. 40..110. "
                             "They follow how hard you play, with a metrical accent (96/84/72 with nobody heard).")
 CHANNEL_OPT = typer.Option(None, "--channel", help="MIDI channel for its own notes, 1..16 (default 1; 2 with "
@@ -130,6 +132,7 @@ class MusicOptions:
     prime: Optional[Path]
     checkpoint: Optional[Path]
     key: str
+    key_hold: float = 3.0
     velocity: Optional[str] = None
     channel: Optional[int] = None
     program: Optional[int] = None
@@ -141,6 +144,8 @@ class MusicOptions:
             check_bpm(self.bpm)
         check_controls(self.temperature, self.stability)
         parse_key(self.key)
+        if not (0 <= self.key_hold <= 20) or math.isnan(self.key_hold):
+            raise ImproviserError(f"--key-hold {self.key_hold}: give 0 (free) .. 20 (the default is 3)")
         parse_velocity_range(self.velocity)
         if self.channel is not None and not 1 <= self.channel <= 16:
             raise ImproviserError(f"--channel {self.channel}: MIDI channels are 1..16")
@@ -168,6 +173,7 @@ MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
     "prime": (Optional[Path], PRIME_OPT),
     "checkpoint": (Optional[Path], CHECKPOINT_OPT),
     "key": (str, KEY_OPT),
+    "key_hold": (float, KEY_HOLD_OPT),
     "velocity": (Optional[str], VELOCITY_OPT),
     "channel": (Optional[int], CHANNEL_OPT),
     "program": (Optional[int], PROGRAM_OPT),
@@ -230,7 +236,7 @@ def generate(
     t0 = time.perf_counter()
     n_steps = math.ceil(seconds * music.bpm / 60.0 * model.cfg.steps_per_beat)
     grid = gen(model, n_steps, music.temperature, music.stability, music.seed, primer, key=music.key,
-               velocity=parse_velocity_range(music.velocity))
+               key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity))
     channel, program = music.midi_channel(), music.gm_program()
     notes = grid_to_timed_notes(grid, music.bpm, channel)
     write_midi(out, {"improviser": notes}, music.bpm, length=seconds,
@@ -525,7 +531,7 @@ def _live_generator(music: MusicOptions):
 
     model, _ = load_model(music.checkpoint)
     gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key,
-                             velocity=parse_velocity_range(music.velocity))
+                             key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity))
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     if primer is not None:
         gen.prime(primer)
