@@ -112,6 +112,9 @@ KEY_OPT = typer.Option("auto", "--key", help="auto: follow the key of what it he
                        "'D minor' or 'F# major' holds it there.")
 KEY_HOLD_OPT = typer.Option(3.0, "--key-hold", help="How firmly it keeps to the key (the player's, or --key's), "
                             "0..20: 0 lets it wander and modulate as Bach would, 3 keeps an answer in your key.")
+VOICES_OPT = typer.Option(False, "--voices-on-channels", help="Soprano, alto, tenor and bass on MIDI channels "
+                          "1-4 (a four-part checkpoint, such as the shipped one), so a DAW can give each line its "
+                          "own instrument; its files then have a track per voice. --channel is not used.")
 VELOCITY_OPT = typer.Option(None, "--velocity", help="Bounds for its velocities, LO..HI (1..127), e.g. 40..110. "
                             "They follow how hard you play, with a metrical accent (96/84/72 with nobody heard).")
 CHANNEL_OPT = typer.Option(None, "--channel", help="MIDI channel for its own notes, 1..16 (default 1; 2 with "
@@ -136,6 +139,7 @@ class MusicOptions:
     velocity: Optional[str] = None
     channel: Optional[int] = None
     program: Optional[int] = None
+    voices: bool = False
 
     def check(self) -> MusicOptions:
         from .model.generator import check_controls, parse_key, parse_velocity_range
@@ -157,6 +161,13 @@ class MusicOptions:
         """Its own channel, 0-based: --channel, else 1 (2 with --thru, leaving 1 to the player)."""
         return (self.channel if self.channel is not None else 2 if thru else 1) - 1
 
+    def check_model(self, model, checkpoint: Optional[Path]) -> None:
+        """What the options ask of the checkpoint: --voices-on-channels needs a four-part model."""
+        if self.voices and not getattr(model, "four_part", False):
+            name = checkpoint or "the checkpoint"
+            raise ImproviserError(f"--voices-on-channels: {name} was not trained on four-part music, so its notes "
+                                  "are not four voices; use a checkpoint trained on chorales (the shipped one)")
+
     def gm_program(self) -> int | None:
         """The program change to send (None: send none)."""
         from .music.encoding import DEFAULT_PROGRAM
@@ -177,6 +188,7 @@ MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
     "velocity": (Optional[str], VELOCITY_OPT),
     "channel": (Optional[int], CHANNEL_OPT),
     "program": (Optional[int], PROGRAM_OPT),
+    "voices": (bool, VOICES_OPT),
 }
 
 
@@ -232,15 +244,23 @@ def generate(
     music.check()
     check_output(out)
     model, _ = load_model(music.checkpoint)
+    music.check_model(model, music.checkpoint)
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     t0 = time.perf_counter()
     n_steps = math.ceil(seconds * music.bpm / 60.0 * model.cfg.steps_per_beat)
     grid = gen(model, n_steps, music.temperature, music.stability, music.seed, primer, key=music.key,
                key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity))
     channel, program = music.midi_channel(), music.gm_program()
-    notes = grid_to_timed_notes(grid, music.bpm, channel)
-    write_midi(out, {"improviser": notes}, music.bpm, length=seconds,
-               programs={"improviser": [(channel, program)]} if program is not None else None)
+    if music.voices:
+        from .music.voices import voice_tracks
+
+        tracks = voice_tracks(grid, music.bpm)
+        notes = [n for part in tracks.values() for n in part]
+        programs = {name: [(part[0].channel if part else i, program)] for i, (name, part) in enumerate(tracks.items())}
+    else:
+        notes = grid_to_timed_notes(grid, music.bpm, channel)
+        tracks, programs = {"improviser": notes}, {"improviser": [(channel, program)]}
+    write_midi(out, tracks, music.bpm, length=seconds, programs=programs if program is not None else None)
     typer.echo(f"wrote {out}: {seconds:g} s, {len(notes)} notes at {music.bpm:g} bpm "
                f"in {time.perf_counter() - t0:.2f} s", err=True)
 
@@ -355,8 +375,12 @@ def evaluate(
     listening_check: bool = typer.Option(False, "--listening", help="On held-out folk melodies: does it answer in "
                                          "the phrase's key, and does its accompaniment fit the tune? Beside "
                                          "references (the tunes' own continuations, Bach's lower voices)."),
+    harmony_check: bool = typer.Option(False, "--harmony", help="Four-part writing of --pieces free pieces of "
+                                       "--seconds (default 20 of 30 s): parallel fifths and octaves, common "
+                                       "chords on beats, four notes sounding; beside held-out Bach chorales."),
     tunes: int = typer.Option(60, "--tunes", help="How many held-out melodies --listening uses."),
-    pieces: int = typer.Option(10, "--pieces", help="How many pieces --originality generates."),
+    pieces: Optional[int] = typer.Option(None, "--pieces", help="How many pieces --originality (default 10) or "
+                                         "--harmony (default 20) generates."),
     seconds: float = typer.Option(30.0, "--seconds", help="Length of each generated piece."),
     temperature: float = TEMPERATURE_OPT,
 ) -> None:
@@ -367,13 +391,14 @@ def evaluate(
     """
     from .model.evaluate import check_jsb_model, frame_nll, perplexity_note
 
-    if not (jsb or data or originality_check or listening_check):
-        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, --originality or --listening")
+    if not (jsb or data or originality_check or listening_check or harmony_check):
+        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, --originality, --listening or "
+                              "--harmony")
     if not (1 <= tunes <= 500):
         raise ImproviserError("--tunes must be 1..500")
     if split_name not in ("train", "valid", "test"):
         raise ImproviserError(f"--split must be train, valid or test (got {split_name!r})")
-    if not (1 <= pieces <= 1000):
+    if pieces is not None and not (1 <= pieces <= 1000):
         raise ImproviserError("--pieces must be 1..1000")
     check_seconds(seconds)
     model, ckpt = load_model(checkpoint)
@@ -394,7 +419,19 @@ def evaluate(
         typer.echo(f"nll {total / steps:.4f} nats/step")
         typer.echo(f"steps {steps}")
     if originality_check:
-        _originality(model, ckpt, pieces, seconds, temperature)
+        _originality(model, ckpt, pieces or 10, seconds, temperature)
+    if harmony_check:
+        from .model.data import load_bach_chorales, split
+        from .model.evaluate import format_harmony, harmony
+
+        if model.cfg.steps_per_beat != 4:
+            raise ImproviserError("--harmony counts on a 16th-note grid; this checkpoint is a benchmark model")
+        n_steps = math.ceil(seconds * DEFAULT_BPM / 60 * model.cfg.steps_per_beat)
+        _, valid_p = split(load_bach_chorales(progress=False))
+        typer.echo(f"four-part writing of {pieces or 20} free pieces of {seconds:g} s, beside {len(valid_p)} held-out "
+                   "chorales:")
+        for line in format_harmony(harmony(model, [p.grid for p in valid_p], pieces or 20, n_steps, temperature)):
+            typer.echo(line)
     if listening_check:
         from .live.audition import format_listening, listening
 
@@ -530,6 +567,7 @@ def _live_generator(music: MusicOptions):
     from .model.generator import StreamingGenerator, parse_velocity_range
 
     model, _ = load_model(music.checkpoint)
+    music.check_model(model, music.checkpoint)
     gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key,
                              key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity))
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
@@ -559,7 +597,7 @@ def _live(port, api: Optional[str], opts: LiveOptions):
         gen = _live_generator(opts.music)
         listening, timing, listener = _listening(api, opts, opts.music.prime is not None)
         engine = {"channel": opts.music.midi_channel(opts.thru), "program": opts.music.gm_program(),
-                  "thru": opts.thru}
+                  "thru": opts.thru, "voices": opts.music.voices}
         with realtime_process():
             yield LiveParts(gen, listening, timing, engine)
     finally:
@@ -635,7 +673,7 @@ def accompany(
     gen = _live_generator(music)
     t0 = time.perf_counter()
     session = run_accompany(gen, tune, bpm, mode, respond_after, extra, channel=music.midi_channel(),
-                            program=music.gm_program())
+                            program=music.gm_program(), voices=music.voices)
     session.write(out, bpm)
     typer.echo(f"wrote {out}: {session.length:.1f} s at {bpm:g} bpm, {len(session.notes('player'))} melody notes, "
                f"{len(session.notes())} of its own ({mode}) in {time.perf_counter() - t0:.2f} s", err=True)

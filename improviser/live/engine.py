@@ -64,6 +64,7 @@ import numpy as np
 
 from ..model.generator import StreamingGenerator
 from ..music.encoding import N_MIDI, Frame, Grid
+from ..music.voices import VoiceChannels
 from ..ports.midi import OutputPort
 from .clock import START_DELAY, Clock, Conductor, ConductorStats, MonotonicClock, TempoGrid, TimingSource, VirtualClock
 from .recorder import PLAYER, Session, SessionRecorder, session_path
@@ -127,6 +128,8 @@ class LiveEngine:
         the MIDI input's thread too: they must not block, and must take calls from both.
     program: a General MIDI program (0..127) sent as a program change on ``channel`` at the start
         (and written in the session files); None sends none.
+    voices: its notes as four voices, soprano to bass on channels 1-4 (``channel`` is not used), and
+        the session files with a track per voice.
     thru: forward every note and control change the player plays (``listening``) to the port and
         the sinks at once, on the player's own channel, from the input's thread.
     session_seconds: cut a new session every this many seconds (rounded to whole
@@ -141,7 +144,8 @@ class LiveEngine:
                  on_session: Callable[[Session], None] | None = None,
                  warn: Callable[[str], None] | None = None, channel: int = 0,
                  listening: Any = None, timing: TimingSource | None = None, lookahead: int = 2,
-                 sinks: list | None = None, program: int | None = None, thru: bool = False):
+                 sinks: list | None = None, program: int | None = None, thru: bool = False,
+                 voices: bool = False):
         self.generator = generator
         self.bpm = float(bpm)
         self.port = port
@@ -156,6 +160,7 @@ class LiveEngine:
         self.listening = listening
         self.sinks = list(sinks or [])
         self.program = program
+        self.voices = VoiceChannels() if voices else None  # the sender's only
         self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform, clock=self.clock,
                                    lookahead=lookahead, on_late=self._late, on_pause=self.pause)
         self.recorder: SessionRecorder | None = None
@@ -198,11 +203,12 @@ class LiveEngine:
         timer = None
         try:
             start = self.clock.now() + START_DELAY
-            self.recorder = SessionRecorder(start)
+            self.recorder = SessionRecorder(start, voices=self.voices is not None)
             if self.program is not None:
-                change = mido.Message("program_change", channel=self.channel, program=self.program)
-                self.forward(change)
-                self.recorder.record(change, start)
+                for channel in self.voices.channels if self.voices is not None else (self.channel,):
+                    change = mido.Message("program_change", channel=channel, program=self.program)
+                    self.forward(change)
+                    self.recorder.record(change, start)
             if seconds is not None and not grid:
                 timer = call_later(self.clock, seconds, self.conductor.stop)
             self.conductor.run(n_steps, start=start)
@@ -233,13 +239,24 @@ class LiveEngine:
         heard, playing, mark = self.listening.before_step(k)
         return _Step(self.generator.step(heard=heard, play=playing), mark)
 
-    def _prepare(self, k: int, item: _Step) -> tuple[list[mido.Message], np.ndarray, _Step]:
-        return frame_messages(self._sounding, item.frame, self.channel), item.frame.sound, item
+    def _prepare(self, k: int, item: _Step) -> tuple[list[mido.Message], np.ndarray, _Step, Any]:
+        if self.voices is None:
+            return frame_messages(self._sounding, item.frame, self.channel), item.frame.sound, item, None
+        before = self.voices.state()
+        return self.voices.messages(self._sounding, item.frame), item.frame.sound, item, before
+
+    def _messages(self, frame: Frame) -> list[mido.Message]:
+        """The messages from what sounds now to ``frame`` (sender thread)."""
+        if self.voices is None:
+            return frame_messages(self._sounding, frame, self.channel)
+        return self.voices.messages(self._sounding, frame)
 
     def _perform(self, k: int, payload: tuple, t: float) -> None:
-        msgs, sound, item = payload
+        msgs, sound, item, voices_before = payload
         if self.listening is not None and self.listening.vetoes(item.mark):
-            msgs, sound = frame_messages(self._sounding, Frame.silent(), self.channel), np.zeros(N_MIDI, bool)
+            if voices_before is not None:
+                self.voices.restore(voices_before)  # the step prepared is not played
+            msgs, sound = self._messages(Frame.silent()), np.zeros(N_MIDI, bool)
         if self.port is not None:
             for msg in msgs:  # first, the deadline is now; the bookkeeping waits
                 self.port.send(msg)
@@ -277,9 +294,10 @@ class LiveEngine:
 
     def _offs(self) -> list[mido.Message]:
         """Turn off every note the improviser sounds (the port also sends CC 123); returns the note-offs."""
-        offs = self.port.silence() if self.port is not None else \
-            frame_messages(self._sounding, Frame.silent(), self.channel)
+        offs = self.port.silence() if self.port is not None else self._messages(Frame.silent())
         self._sounding = np.zeros(N_MIDI, bool)
+        if self.voices is not None:
+            self.voices.voice_of.clear()
         t = self.clock.now()
         for sink in self.sinks:
             for msg in offs:

@@ -18,6 +18,7 @@ from pathlib import Path
 import mido
 
 from ..music.encoding import TimedNote, write_midi
+from ..music.voices import VOICE_CHANNELS, VOICE_NAMES, split_voices
 
 IMPROVISER = "improviser"
 PLAYER = "player"
@@ -33,14 +34,21 @@ class Session:
     length: float  # seconds
     tracks: dict[str, list[TimedNote]] = field(default_factory=dict)
     programs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # track -> [(channel, program)]
+    voices: bool = False  # its notes are four voices on channels 1-4: written as a track per voice
 
     def notes(self, track: str = IMPROVISER) -> list[TimedNote]:
         return self.tracks.get(track, [])
 
     def write(self, path: str | os.PathLike, bpm: float) -> Path:
         """Write the session as a MIDI file (atomically), every track present even if empty."""
-        write_midi(path, {name: self.notes(name) for name in TRACKS}, bpm, length=self.length,
-                   programs=self.programs)
+        tracks = {name: self.notes(name) for name in TRACKS}
+        programs = dict(self.programs)
+        if self.voices:
+            voices = split_voices(tracks.pop(IMPROVISER))
+            tracks = {**voices, **tracks}
+            own = dict(programs.pop(IMPROVISER, []))
+            programs.update({name: [(ch, own[ch])] for name, ch in zip(VOICE_NAMES, VOICE_CHANNELS) if ch in own})
+        write_midi(path, tracks, bpm, length=self.length, programs=programs)
         return Path(path)
 
 
@@ -60,7 +68,8 @@ class SessionRecorder:
     start: clock time at which the first session begins.
     """
 
-    def __init__(self, start: float):
+    def __init__(self, start: float, voices: bool = False):
+        self.voices = voices
         self.session_start = start
         self.index = 0
         self._open: dict[tuple[str, int, int], _Open] = {}  # (track, channel, pitch) -> its note-on
@@ -102,7 +111,7 @@ class SessionRecorder:
         session = Session(self.index, self.session_start, t - self.session_start,
                           {name: sorted(notes, key=lambda n: (n.start, n.pitch)) for name, notes in
                            self._notes.items()},
-                          {name: sorted(chans.items()) for name, chans in self._programs.items()})
+                          {name: sorted(chans.items()) for name, chans in self._programs.items()}, self.voices)
         self.index += 1
         self.session_start = t
         self._notes = {name: [] for name in TRACKS}

@@ -76,3 +76,31 @@ def format_profile(name: str, ours: np.ndarray, ref: np.ndarray) -> str:
 
 def perplexity_note(nll: float) -> str:
     return f"(per-frame perplexity {math.exp(min(nll, 700)):.1f})"
+
+
+def harmony(model: BachLSTM, reference: list[Grid], n_pieces: int = 20, n_steps: int = 200,
+            temperature: float = 0.9) -> dict:
+    """Four-part writing of ``n_pieces`` free pieces (seeds 0..n-1), drawn as it plays and with every step
+    the model's first draw (no voice leading), beside ``reference`` (held-out chorales), counted alike
+    (``music.harmony_metrics``)."""
+    from ..music.harmony_metrics import harmony_counts, harmony_summary
+    from .generator import StreamingGenerator
+
+    def pieces(voicing: bool) -> dict:
+        counts = []
+        for seed in range(n_pieces):
+            gen = StreamingGenerator(model, temperature, 1, seed=seed, voicing=voicing)
+            counts.append(harmony_counts(np.array([gen.step().sound for _ in range(n_steps)]),
+                                         model.cfg.steps_per_beat))
+        return harmony_summary(counts)
+
+    return {"as it plays": pieces(getattr(model, "four_part", False)), "first draws only": pieces(False),
+            "Bach (held-out chorales)": harmony_summary(harmony_counts(g) for g in reference)}
+
+
+def format_harmony(r: dict) -> list[str]:
+    lines = [f"  {'':26} {'parallel 5ths/8ves':>19} {'common chords':>14} {'four notes':>11}",
+             f"  {'':26} {'per 100 changes':>19} {'on beats':>14} {'of steps':>11}"]
+    for name, h in r.items():
+        lines.append(f"  {name:26} {h['parallels_per_100']:19.1f} {h['common_chords']:14.0%} {h['four_notes']:11.0%}")
+    return lines

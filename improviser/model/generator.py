@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import ImproviserError
 from ..music import analysis
+from ..music import harmony_metrics as harmony
 from ..music.encoding import N_MIDI, Frame, Grid
 from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
@@ -30,6 +31,9 @@ GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of
 # 57 % with no hold, 73 % at 2, 77 % at 2.5, 82 % at 3 (close keys 93-97 %); consonance with the tune
 # unchanged (76 %). A scale-only hold of 2 gave 50 % (primed). 0 lets the model roam (``--key-hold``).
 KEY_HOLD = 3.0
+# Voice leading: while it plays alone, a step is drawn up to VOICE_TRIES times from the model and the first
+# draw that is four-part writing (see ``_voice_faults``) is kept, else the draw with the fewest faults.
+VOICE_TRIES = 4
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
 # Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
 ACCENT = (12, 0, -12)
@@ -105,6 +109,10 @@ class StreamingGenerator:
         named by ``key``, else the key of what the player has played (Krumhansl-Schmuckler on a
         running count of their notes, once KEY_HEARD notes are in it); with neither, no hold.
 
+    voicing: (a model trained on four-part writing; None: if the checkpoint says so) while it plays
+        alone, draw each step up to ``voice_tries`` times and keep the first that is four-part
+        writing (four notes or none; common chords on the beat; no consecutive fifths or octaves).
+
     velocity: (lo, hi) bounds for its velocities. They follow the player's dynamics (a running
         level of the velocities heard) with a metrical accent; with nobody heard, 96/84/72.
 
@@ -114,7 +122,8 @@ class StreamingGenerator:
 
     def __init__(self, model: BachLSTM, temperature: float = 1.0, note_stability: int = 1,
                  seed: int | None = None, beats_per_bar: int = 4, key: str | None = None,
-                 guard: bool = True, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127)):
+                 guard: bool = True, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127),
+                 voicing: bool | None = None, voice_tries: int = VOICE_TRIES):
         check_controls(temperature, note_stability)
         if not 1 <= velocity[0] <= velocity[1] <= 127:
             raise ImproviserError(f"velocity bounds must be 1 <= lo <= hi <= 127 (got {velocity})")
@@ -122,6 +131,10 @@ class StreamingGenerator:
         if not (0.0 <= key_hold <= 20.0) or math.isnan(key_hold):
             raise ImproviserError(f"key hold must be between 0 (off) and 20 (got {key_hold})")
         self.key_hold = float(key_hold)
+        if voicing is None:
+            voicing = getattr(model, "four_part", False)
+        self.voicing = bool(voicing) and voice_tries > 1
+        self.voice_tries = int(voice_tries)
         self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
@@ -152,6 +165,7 @@ class StreamingGenerator:
         self._heard = Frame.silent()
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
         self.level: float | None = None  # the player's dynamics, once heard
+        self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -214,14 +228,41 @@ class StreamingGenerator:
         if self.guard and 0 < self._player.sum() <= GUARD_MOST:
             banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
             banned[:, 0] = False
-        u = self.rng.random(cfg.n_pitches)
-        state = self.net.sample(h, u, self.temperature, banned, self._player[lo:hi], self._key_bias())
-        onset = np.zeros(N_MIDI, bool)
-        sound = np.zeros(N_MIDI, bool)
-        sound[lo:hi] = state != 0
-        # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
-        onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
+        bias = self._key_bias()
+        tries = self.voice_tries if self.voicing and not self._player.any() else 1
+        best = None
+        for _ in range(tries):
+            u = self.rng.random(cfg.n_pitches)
+            state = self.net.sample(h, u, self.temperature, banned, self._player[lo:hi], bias)
+            onset = np.zeros(N_MIDI, bool)
+            sound = np.zeros(N_MIDI, bool)
+            sound[lo:hi] = state != 0
+            # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
+            onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
+            if tries == 1:
+                return Frame(onset, sound, self._velocity())
+            faults = self._voice_faults(sound)
+            if best is None or faults < best[0]:
+                best = (faults, onset, sound)
+            if faults == 0:
+                break
+        _, onset, sound = best
+        if self.step_index % cfg.steps_per_beat == 0:
+            self._beat_chord = np.flatnonzero(sound).tolist()
         return Frame(onset, sound, self._velocity())
+
+    def _voice_faults(self, sound: np.ndarray) -> int:
+        """How far a drawn frame is from four-part writing: a step that sounds neither four notes nor none;
+        on a beat, three or more notes that are no common chord, and each consecutive fifth or octave
+        against the last beat's four notes."""
+        pitches = np.flatnonzero(sound).tolist()
+        faults = int(len(pitches) not in (0, 4))
+        if self.step_index % self.cfg.steps_per_beat == 0:
+            if len(pitches) >= 3 and not harmony.is_common_chord(pitches):
+                faults += 1
+            if len(pitches) == 4 and len(self._beat_chord) == 4 and pitches != self._beat_chord:
+                faults += harmony.parallels(self._beat_chord, pitches)
+        return faults
 
     def key(self) -> tuple[int, str] | None:
         """The key it holds to now: the one named, else the player's once heard, else None."""

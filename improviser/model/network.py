@@ -525,6 +525,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
     profiles = ckpt.get("key_profiles")
     if isinstance(profiles, dict) and all(len(profiles.get(m, ())) == 12 for m in ("major", "minor")):
         model.key_profiles = {m: [float(v) for v in profiles[m]] for m in ("major", "minor")}
+    # Trained on four-part writing: its notes can be led and told apart as soprano, alto, tenor and bass.
+    # Checkpoints from before this was written down say so by what they were trained on.
+    described = str(ckpt.get("trained_on", ""))
+    model.four_part = bool(ckpt.get("four_part", "Bach chorales" in described and "MIDI files" not in described
+                                    and cfg.steps_per_beat == 4))
     return model, ckpt
 
 

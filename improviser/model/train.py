@@ -141,6 +141,19 @@ def _shift_voices(voices, semitones: int):
     return [(np.roll(on, semitones, axis=1), np.roll(snd, semitones, axis=1)) for on, snd in voices]
 
 
+FOUR_PART = 0.6  # of the steps that sound anything, at least this share sound exactly four notes
+
+
+def is_four_part(pieces: list) -> bool:
+    """Is the training music four-part writing (chorales), so its notes can be told apart as four voices?"""
+    four = sounding = 0
+    for p in pieces:
+        sizes = p.grid.sound.sum(axis=1)
+        four += int((sizes == 4).sum())
+        sounding += int((sizes > 0).sum())
+    return bool(sounding) and four / sounding >= FOUR_PART
+
+
 def key_profiles(pieces: list) -> dict:
     """What the key memory holds, on average, in a major and in a minor key, tonic first: {"major": [12], ...}.
 
@@ -296,8 +309,9 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         history = list(ckpt.get("history", []))
         bad_epochs = int(ckpt.get("bad_epochs", 0))
         opt_state = ckpt.get("optimizer")
-        if "key_profiles" in ckpt:
-            info_extra["key_profiles"] = ckpt["key_profiles"]
+        for kept in ("key_profiles", "four_part"):
+            if kept in ckpt:
+                info_extra[kept] = ckpt[kept]
         model.train()
     else:
         if model_cfg is None:
@@ -326,6 +340,8 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     last_path = out.with_suffix(".last.pt")
     if mcfg.key_memory and "key_profiles" not in info_extra:
         info_extra["key_profiles"] = key_profiles(train_pieces)
+    if "four_part" not in info_extra:
+        info_extra["four_part"] = is_four_part(train_pieces)
     info_base = {**info_extra, "trained_on": description, "n_train_pieces": len(train_pieces),
                  "n_valid_pieces": len(valid_pieces), "n_train_steps": n_train_steps,
                  "train_config": asdict(cfg), "n_params": model.n_params()}
