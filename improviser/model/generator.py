@@ -31,8 +31,11 @@ GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of
 # 57 % with no hold, 73 % at 2, 77 % at 2.5, 82 % at 3 (close keys 93-97 %); consonance with the tune
 # unchanged (76 %). A scale-only hold of 2 gave 50 % (primed). 0 lets the model roam (``--key-hold``).
 KEY_HOLD = 3.0
-# Voice leading: while it plays alone, a step is drawn up to VOICE_TRIES times from the model and the first
+# Voice leading: while it plays alone, a beat is drawn up to VOICE_TRIES times from the model and the first
 # draw that is four-part writing (see ``_voice_faults``) is kept, else the draw with the fewest faults.
+# Measured on 30 free 30-second pieces: parallels 21.5 -> 3.1 per 100 changes, common chords on beats 72 ->
+# 98 %, four notes 61 -> 91 % of steps; 1-bar windows found verbatim in the training chorales 1 -> 3 of 360
+# (judging every step, or 8 draws, made 6 of 360).
 VOICE_TRIES = 4
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
 # Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
@@ -229,7 +232,8 @@ class StreamingGenerator:
             banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
             banned[:, 0] = False
         bias = self._key_bias()
-        tries = self.voice_tries if self.voicing and not self._player.any() else 1
+        on_beat = self.step_index % cfg.steps_per_beat == 0
+        tries = self.voice_tries if self.voicing and on_beat and not self._player.any() else 1
         best = None
         for _ in range(tries):
             u = self.rng.random(cfg.n_pitches)
@@ -240,28 +244,30 @@ class StreamingGenerator:
             # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
             onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
             if tries == 1:
-                return Frame(onset, sound, self._velocity())
+                break
             faults = self._voice_faults(sound)
             if best is None or faults < best[0]:
                 best = (faults, onset, sound)
             if faults == 0:
                 break
-        _, onset, sound = best
-        if self.step_index % cfg.steps_per_beat == 0:
+        if best is not None:
+            _, onset, sound = best
+        if on_beat:
             self._beat_chord = np.flatnonzero(sound).tolist()
         return Frame(onset, sound, self._velocity())
 
     def _voice_faults(self, sound: np.ndarray) -> int:
-        """How far a drawn frame is from four-part writing: a step that sounds neither four notes nor none;
-        on a beat, three or more notes that are no common chord, and each consecutive fifth or octave
-        against the last beat's four notes."""
+        """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves
+        freely: passing notes, suspensions): neither four notes nor none; three or more notes that are no
+        common chord; each consecutive fifth or octave against the last beat's four notes."""
+        if self.step_index % self.cfg.steps_per_beat:
+            return 0
         pitches = np.flatnonzero(sound).tolist()
         faults = int(len(pitches) not in (0, 4))
-        if self.step_index % self.cfg.steps_per_beat == 0:
-            if len(pitches) >= 3 and not harmony.is_common_chord(pitches):
-                faults += 1
-            if len(pitches) == 4 and len(self._beat_chord) == 4 and pitches != self._beat_chord:
-                faults += harmony.parallels(self._beat_chord, pitches)
+        if len(pitches) >= 3 and not harmony.is_common_chord(pitches):
+            faults += 1
+        if len(pitches) == 4 and len(self._beat_chord) == 4 and pitches != self._beat_chord:
+            faults += harmony.parallels(self._beat_chord, pitches)
         return faults
 
     def key(self) -> tuple[int, str] | None:
