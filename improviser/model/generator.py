@@ -6,6 +6,7 @@ No I/O and no clock: the conductor (live) or ``generate`` (offline) decides when
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numpy as np
@@ -37,6 +38,8 @@ KEY_HOLD = 3.0
 # 98 %, four notes 61 -> 91 % of steps; 1-bar windows found verbatim in the training chorales 1 -> 3 of 360
 # (judging every step, or 8 draws, made 6 of 360).
 VOICE_TRIES = 4
+COPY_STEPS = analysis.COPY_STEPS
+COPY_FAULT = 10  # a draw that completes a copied bar is worse than any voice-leading fault
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
 # Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
 ACCENT = (12, 0, -12)
@@ -138,6 +141,9 @@ class StreamingGenerator:
             voicing = getattr(model, "four_part", False)
         self.voicing = bool(voicing) and voice_tries > 1
         self.voice_tries = int(voice_tries)
+        # Fingerprints of every bar-long passage of the training music (``analysis.passage_keys``), from the
+        # checkpoint: a draw that would complete one is drawn again, so it never plays a bar of Bach's verbatim.
+        self.copies = getattr(model, "copy_keys", None)
         self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
@@ -169,6 +175,7 @@ class StreamingGenerator:
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
         self.level: float | None = None  # the player's dynamics, once heard
         self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
+        self._recent: collections.deque = collections.deque(maxlen=COPY_STEPS - 1)  # its last frames
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -211,6 +218,7 @@ class StreamingGenerator:
         out = self._stabilise(out) if play else out
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
+        self._recent.append(out)
         self.step_index += 1
         return out
 
@@ -233,7 +241,8 @@ class StreamingGenerator:
             banned[:, 0] = False
         bias = self._key_bias()
         on_beat = self.step_index % cfg.steps_per_beat == 0
-        tries = self.voice_tries if self.voicing and on_beat and not self._player.any() else 1
+        voicing = self.voicing and on_beat and not self._player.any()
+        tries = self.voice_tries if voicing or self.copies is not None else 1
         best = None
         for _ in range(tries):
             u = self.rng.random(cfg.n_pitches)
@@ -245,16 +254,37 @@ class StreamingGenerator:
             onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
             if tries == 1:
                 break
-            faults = self._voice_faults(sound)
+            faults = (self._voice_faults(sound) if voicing else 0) + COPY_FAULT * self._copies(onset, sound)
             if best is None or faults < best[0]:
                 best = (faults, onset, sound)
             if faults == 0:
                 break
+        if best is not None and best[0] >= COPY_FAULT and cfg.states == 3:
+            # Every draw completes a copied bar: the model holds on (a long chord, as at a cadence). Draw
+            # once more with nothing held, so each of its notes is struck again or ends.
+            unheld = banned.copy()
+            unheld[:, HOLD] = True
+            state = self.net.sample(h, self.rng.random(cfg.n_pitches), self.temperature, unheld,
+                                    self._player[lo:hi], bias)
+            best = (0, np.zeros(N_MIDI, bool), np.zeros(N_MIDI, bool))
+            best[2][lo:hi] = state != 0
+            best[1][lo:hi] = state == ONSET
         if best is not None:
             _, onset, sound = best
         if on_beat:
             self._beat_chord = np.flatnonzero(sound).tolist()
         return Frame(onset, sound, self._velocity())
+
+    def _copies(self, onset: np.ndarray, sound: np.ndarray) -> bool:
+        """Would this frame complete a passage of COPY_STEPS steps found verbatim in the training music?"""
+        if self.copies is None or len(self._recent) < COPY_STEPS - 1:
+            return False
+        key = analysis.window_key(np.array([f.onset for f in self._recent] + [onset]),
+                                  np.array([f.sound for f in self._recent] + [sound]))
+        if key is None:
+            return False
+        i = int(np.searchsorted(self.copies, key))
+        return i < len(self.copies) and int(self.copies[i]) == key
 
     def _voice_faults(self, sound: np.ndarray) -> int:
         """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves

@@ -6,7 +6,9 @@ improviser plays (e.g. that it answers in the player's key).
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -127,6 +129,38 @@ def profiles(grids: list[Grid]) -> dict[str, np.ndarray]:
 
 
 # ---- verbatim copies ------------------------------------------------------------------------------
+
+COPY_STEPS = 16  # a bar of 4/4 in 16th notes: what "a verbatim copy of a training bar" is measured on
+
+
+def window_key(onset: np.ndarray, sound: np.ndarray) -> int | None:
+    """A transposition-free fingerprint of a passage (bool (T, 128) each), or None if a step of it is silent.
+
+    The passage is moved down so its lowest note is pitch 0, so the same passage in any key has the same
+    key; steps where nothing sounds are never part of a copy (as in ``CopyFinder``).
+    """
+    rows = sound.any(axis=1)
+    if not rows.all():
+        return None
+    low = int(np.flatnonzero(sound.any(axis=0))[0])
+    moved = np.zeros((len(sound), 2, sound.shape[1]), bool)
+    moved[:, 0, :sound.shape[1] - low] = onset[:, low:]
+    moved[:, 1, :sound.shape[1] - low] = sound[:, low:]
+    packed = np.packbits(moved.reshape(len(sound), -1), axis=1)
+    return int.from_bytes(hashlib.blake2b(packed.tobytes() + bytes([len(onset)]), digest_size=8).digest(),
+                          "little", signed=True)
+
+
+def passage_keys(grids: Iterable[Grid], length: int = COPY_STEPS) -> np.ndarray:
+    """Sorted int64 fingerprints (``window_key``) of every passage of ``length`` steps of ``grids``."""
+    keys = set()
+    for g in grids:
+        for i in range(len(g) - length + 1):
+            k = window_key(g.onset[i:i + length], g.sound[i:i + length])
+            if k is not None:
+                keys.add(k)
+    return np.array(sorted(keys), np.int64)
+
 
 class CopyFinder:
     """Finds passages of a piece that occur verbatim, in any transposition, in a set of training pieces.
