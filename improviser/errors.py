@@ -23,3 +23,7 @@ class DataError(ImproviserError):
 
 class PortError(ImproviserError):
     """A MIDI port or MIDI system is missing or cannot be opened."""
+
+
+class SynthError(ImproviserError):
+    """The built-in synth (FluidSynth), its SoundFont or its audio output is missing or cannot be used."""
