@@ -491,6 +491,65 @@ THRU_OPT = typer.Option(False, "--thru", help="Forward every note and control yo
                         "at once, on your own channel, so you hear yourself through the same synth.")
 
 
+# ---- hearing it (issue 12): --synth, --soundfont, --audio-driver; render ------------------------------
+
+SYNTH_OPT = typer.Option(False, "--synth", help="Hear it here: its notes (and yours, with --thru) through the "
+                         "built-in General MIDI synth (FluidSynth) on the default audio output, or with --api jack "
+                         "on the JACK audio ports improviser-synth:left and :right (connect them with jack_connect). "
+                         "Needs pip install 'improviser[synth]' and FluidSynth (apt fluidsynth, brew fluid-synth).")
+SOUNDFONT_OPT = typer.Option(None, "--soundfont", help="The General MIDI SoundFont (.sf2, .sf3) to play with "
+                             "(default: the system's, e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2; "
+                             "`improviser doctor` says which it finds).")
+AUDIO_DRIVER_OPT = typer.Option(None, "--audio-driver", help="FluidSynth's audio driver for --synth: pulseaudio, "
+                                "pipewire, alsa, jack, coreaudio, wasapi, dsound, ... (default: the platform's own "
+                                "output, tried in turn; jack with --api jack).")
+
+
+@dataclass
+class SoundOptions:
+    """How the live commands sound here: --synth (FluidSynth), its SoundFont and audio driver."""
+
+    synth: bool = False
+    soundfont: Optional[Path] = None
+    audio_driver: Optional[str] = None
+    render: bool = False  # play --render (a WAV beside each session file): set by play, not an option here
+
+    def check(self) -> SoundOptions:
+        """FluidSynth and a SoundFont are there if they are needed (one line naming the install if not)."""
+        if not self.synth:
+            if self.audio_driver is not None or (self.soundfont is not None and not self.render):
+                raise ImproviserError("--soundfont and --audio-driver are for the synth: add --synth")
+            if not self.render:
+                return self
+        self.soundfont_file()
+        return self
+
+    def soundfont_file(self) -> Path:
+        from .sound.synth import find_soundfont, fluidsynth_module
+
+        fluidsynth_module()
+        return find_soundfont(self.soundfont)
+
+    def open_synth(self, api: Optional[str]):
+        """The live synth, a sink for the engine (None without --synth); says where it sounds."""
+        if not self.synth:
+            return None
+        from .sound.synth import JACK_CLIENT, LiveSynth
+
+        synth = LiveSynth(self.soundfont_file(), api=api, audio_driver=self.audio_driver)
+        where = (f"on JACK audio ports {JACK_CLIENT}:left and :right (not connected: jack_connect them, e.g. to "
+                 "system:playback_1 and _2)" if synth.driver == "jack" else f"through {synth.driver}")
+        typer.echo(f"sounding {where} with FluidSynth and {synth.soundfont}", err=True)
+        return synth
+
+
+SOUND_PARAMS = {
+    "synth": (bool, SYNTH_OPT),
+    "soundfont": (Optional[Path], SOUNDFONT_OPT),
+    "audio_driver": (Optional[str], AUDIO_DRIVER_OPT),
+}
+
+
 @dataclass
 class LiveOptions:
     """The options of the live commands (record, play): where to play and listen, and the music's."""
@@ -504,12 +563,14 @@ class LiveOptions:
     sync: str
     thru: bool
     music: MusicOptions
+    sound: SoundOptions = field(default_factory=SoundOptions)
 
     def check(self) -> LiveOptions:
         """Bad options, one line each, before any port opens."""
         from .live.listen import check_mode, parse_cc_map
 
         self.music.check()
+        self.sound.check()
         if self.sync not in ("internal", "clock"):
             raise ImproviserError(f"unknown --sync {self.sync!r}; choose internal or clock")
         if self.input_name is None:
@@ -534,7 +595,8 @@ LIVE_PARAMS = {
     "sync": (str, SYNC_OPT),
     "thru": (bool, THRU_OPT),
 }
-live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (MusicOptions, MUSIC_PARAMS)})
+live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (MusicOptions, MUSIC_PARAMS),
+                                                                      "sound": (SoundOptions, SOUND_PARAMS)})
 
 
 def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
@@ -592,17 +654,22 @@ def _live(port, api: Optional[str], opts: LiveOptions):
     closes the input and ``port`` (which may be None) and, if the run ended normally, says what was heard."""
     from .live.engine import realtime_process
 
-    listener = None
+    listener = synth = None
     try:
         gen = _live_generator(opts.music)
         listening, timing, listener = _listening(api, opts, opts.music.prime is not None)
         engine = {"channel": opts.music.midi_channel(opts.thru), "program": opts.music.gm_program(),
                   "thru": opts.thru, "voices": opts.music.voices}
+        synth = opts.sound.open_synth(api)
+        if synth is not None:
+            engine["sinks"] = [synth]  # the same messages as the port, at the same moment
         with realtime_process():
             yield LiveParts(gen, listening, timing, engine)
     finally:
         if listener is not None:
             listener.close()
+        if synth is not None:
+            synth.close()  # lets the last notes ring out
         if port is not None:
             port.close()
     if listener is not None:
@@ -694,7 +761,9 @@ def record(
     writes the file without playing it (as fast as the model goes).
 
     Example: improviser record out.mid --seconds 30 --bpm 90 --api jack --output synth
+             improviser record out.mid --synth      (hear it on this computer's speakers)
     """
+    from .live.clock import MonotonicClock
     from .live.engine import record as run_record
     from .ports.midi import MidiSystemMissing
 
@@ -706,14 +775,17 @@ def record(
     except MidiSystemMissing as e:
         if live.input_name is not None:
             raise  # nothing to listen on: say what to install
-        _warn(f"{e} -- writing {out} without playing it")
+        _warn(f"{e} -- " + ("playing through the synth only" if live.sound.synth else
+                            f"writing {out} without playing it"))
         port = None
     bpm = live.music.bpm
+    # With the synth and no port it still plays in time (without either, a virtual clock: as fast as it goes).
+    clock = MonotonicClock() if port is None and live.sound.synth else None
     with _live(port, live.api, live) as parts:
         if port is not None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
-        result = run_record(parts.generator, out, seconds, bpm, port, warn=_warn, listening=parts.listening,
-                            timing=parts.timing, **parts.engine)
+        result = run_record(parts.generator, out, seconds, bpm, port, clock=clock, warn=_warn,
+                            listening=parts.listening, timing=parts.timing, **parts.engine)
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
     typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
@@ -727,6 +799,8 @@ def play(
     sessions: Path = typer.Option(Path("sessions"), "--sessions", help="Folder for the session files."),
     plot_sessions: bool = typer.Option(False, "--plot", help="Draw a piano roll (PNG) beside each session file."),
     session_seconds: float = typer.Option(30.0, "--session-seconds", help="Length of each session file."),
+    render_sessions: bool = typer.Option(False, "--render", help="Write a WAV beside each session file, rendered "
+                                         "by the built-in synth as `improviser render` does (--soundfont)."),
     live: LiveOptions = None,
 ) -> None:
     """Improvise live into a MIDI port until Ctrl-C or SIGTERM, saving every session to a MIDI file.
@@ -734,10 +808,12 @@ def play(
     Sessions follow each other without a break; files are named by start time; the partial last one is kept.
 
     Example: improviser play --sessions ~/improvised --session-seconds 30 --api jack
+             improviser play --synth --render      (hear it here, and keep each session as a WAV too)
     """
     from .live.engine import play as run_play
 
     check_seconds(session_seconds, "--session-seconds")
+    live.sound.render = render_sessions
     live.check()
     if sessions.exists() and not sessions.is_dir():
         raise ImproviserError(f"--sessions {sessions} is a file; give a folder")
@@ -757,6 +833,13 @@ def play(
                 plot_session(path, path.with_suffix(".png"))
             except Exception as e:  # noqa: BLE001
                 _warn(f"could not draw {path.with_suffix('.png')}: {e}")
+        if render_sessions and (session.notes() or session.notes("player")):
+            from .sound.render import render_midi
+
+            try:  # nor a WAV that cannot be written
+                render_midi(path, path.with_suffix(".wav"), live.sound.soundfont_file())
+            except Exception as e:  # noqa: BLE001
+                _warn(f"could not render {path.with_suffix('.wav')}: {e}")
 
     with _live(port, live.api, live) as parts:
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
@@ -803,15 +886,50 @@ def plot(
 
 @app.command()
 @cli_errors
+def render(
+    midi: Path = typer.Argument(..., help="A MIDI file: a session file, a generated or accompanied one, any other."),
+    wav: Path = typer.Argument(..., help="The WAV file to write (16-bit stereo)."),
+    program: Optional[int] = typer.Option(None, "--program", help="General MIDI program, 0..127, for every channel "
+                                          "but the drums, in place of the file's own program changes. Default: the "
+                                          "file's own, and 48 (String Ensemble 1) on channels that have none."),
+    soundfont: Optional[Path] = SOUNDFONT_OPT,
+    sample_rate: int = typer.Option(44100, "--sample-rate", help="Sample rate of the WAV in Hz, 8000..96000."),
+) -> None:
+    """Render a MIDI file to a WAV through the built-in General MIDI synth (FluidSynth), offline.
+
+    The synth is driven frame by frame, not played in real time, so every note starts at its own time in
+    the file. The audio is normalised to a peak of -1 dBFS (never clipped) and keeps the release after the
+    last note, at most 3 s, cut once it is silent.
+
+    Example: improviser render sessions/session-0001.mid session.wav --program 19
+    """
+    from .sound.render import SAMPLE_RATES, render_midi
+
+    if program is not None and not 0 <= program <= 127:
+        raise ImproviserError(f"--program {program}: General MIDI programs are 0..127")
+    if not SAMPLE_RATES[0] <= sample_rate <= SAMPLE_RATES[1]:
+        raise ImproviserError(f"--sample-rate {sample_rate}: give {SAMPLE_RATES[0]}..{SAMPLE_RATES[1]} Hz")
+    font = SoundOptions(soundfont=soundfont, render=True).soundfont_file()
+    check_output(wav)
+    r = render_midi(midi, wav, font, program, sample_rate)
+    typer.echo(f"wrote {wav}: {r.seconds:.2f} s ({r.piece_seconds:.2f} s and {r.tail_seconds:.2f} s of release) at "
+               f"{r.sample_rate} Hz, {r.notes} notes, peak {r.peak_dbfs:.1f} dBFS, RMS {r.rms_dbfs:.1f} dBFS, "
+               f"rendered in {r.render_seconds:.2f} s ({r.seconds / r.render_seconds:.0f}x real time) "
+               f"with {font.name}", err=True)
+
+
+@app.command()
+@cli_errors
 def doctor() -> None:
-    """Say which MIDI systems work here (ALSA, JACK, CoreMIDI, Windows MIDI) and how to fix each missing one.
+    """Say which MIDI systems work here (ALSA, JACK, CoreMIDI, Windows MIDI) and how to fix each missing one;
+    and whether the built-in synth (--synth, render) has FluidSynth, a SoundFont and an audio output.
 
     Example: improviser doctor
     """
-    from .doctor import check_all, report
+    from .doctor import check_all, check_sound, report
 
     checks = check_all()
-    typer.echo(report(checks))
+    typer.echo(report(checks, check_sound()))
     if not any(c.ok for c in checks):
         raise typer.Exit(1)
 

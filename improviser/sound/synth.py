@@ -325,6 +325,35 @@ DRIVER_FIXES = {
 }
 
 
+def _start_driver(synth, name: str):
+    """(FluidSynth's audio driver ``name`` started on ``synth``, None), or (None, FluidSynth's reason)."""
+    if name:
+        synth.setting("audio.driver", name)
+    new_driver = _c("new_fluid_audio_driver", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    mark = _log_mark()
+    with _quiet_fd2(), _no_jack_autostart():
+        driver = new_driver(synth.settings, synth.synth)
+    return (driver, None) if driver else (None, _reason(mark))
+
+
+def _delete_driver(driver) -> None:
+    _c("delete_fluid_audio_driver", None, ctypes.c_void_p)(driver)
+
+
+def probe_audio(name: str) -> str | None:
+    """None if FluidSynth's audio driver ``name`` opens here (and is closed again at once), else the reason."""
+    fs = fluidsynth_module()
+    synth = fs.Synth(gain=0.0, samplerate=LIVE_SAMPLE_RATE, channels=N_CHANNELS,
+                     **{"audio.jack.id": "improviser-probe", "audio.jack.autoconnect": 0})
+    try:
+        driver, reason = _start_driver(synth, name)
+        if driver:
+            _delete_driver(driver)
+        return reason
+    finally:
+        synth.delete()
+
+
 class LiveSynth:
     """FluidSynth playing every message it is sent through an audio driver: a sink of the live engine.
 
@@ -347,7 +376,7 @@ class LiveSynth:
         failures = []
         names = audio_drivers(api, audio_driver)
         for name in names:
-            self._driver, reason = self._start(name)
+            self._driver, reason = _start_driver(self._synth, name)
             if self._driver:
                 self.driver = name or self._synth.get_setting("audio.driver")
                 break
@@ -359,16 +388,6 @@ class LiveSynth:
                    else f"{DRIVER_FIXES['pulseaudio']}, or use --api jack with a JACK server running, "
                         "or choose a driver with --audio-driver NAME")
             raise SynthError(f"the synth has no audio output ({'; '.join(failures)}): {fix}")
-
-    def _start(self, name: str):
-        """(FluidSynth's audio driver ``name`` started on the synth, None) or (None, FluidSynth's reason)."""
-        if name:
-            self._synth.setting("audio.driver", name)
-        new_driver = _c("new_fluid_audio_driver", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-        mark = _log_mark()
-        with _quiet_fd2(), _no_jack_autostart():
-            driver = new_driver(self._synth.settings, self._synth.synth)
-        return (driver, None) if driver else (None, _reason(mark))
 
     def send(self, msg: mido.Message, t: float | None = None) -> None:
         """Sound ``msg`` now (``t``, its send time, is not needed: it is now). Any thread; never waits long."""
@@ -387,7 +406,7 @@ class LiveSynth:
         while self._synth.get_active_voice_count() > 0 and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(max(0.0, min(0.25, deadline - time.monotonic())))  # the reverb's own tail
-        _c("delete_fluid_audio_driver", None, ctypes.c_void_p)(self._driver)
+        _delete_driver(self._driver)
         self._synth.delete()
 
     def __enter__(self) -> LiveSynth:
