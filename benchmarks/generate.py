@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from improviser.model.generator import StreamingGenerator, generate  # noqa: E402
 from improviser.model.network import default_checkpoint, load_checkpoint  # noqa: E402
@@ -43,14 +44,18 @@ def original_approach(n_steps: int, vocab: int = 128, seed: int = 0) -> list[flo
     return times
 
 
-def ours_per_step(model, n_steps: int) -> list[float]:
-    gen = StreamingGenerator(model, temperature=0.9, seed=0)
-    times = []
-    for _ in range(n_steps):
-        t0 = time.perf_counter()
-        gen.step()
-        times.append(time.perf_counter() - t0)
-    return times
+def ours_per_step(model, n_steps: int, previous=None, block: int = 200) -> tuple[list[float], list[float]]:
+    """Per-step times of ``model`` (and of ``previous``, in alternating blocks of ``block`` steps, so both
+    meet the same moments of the machine's load)."""
+    gens = [StreamingGenerator(m, temperature=0.9, seed=0) for m in (model, previous) if m is not None]
+    times: list[list[float]] = [[] for _ in gens]
+    for _ in range(0, n_steps, block):
+        for gen, out in zip(gens, times):
+            for _ in range(block):
+                t0 = time.perf_counter()
+                gen.step()
+                out.append(time.perf_counter() - t0)
+    return times[0], times[1] if previous is not None else []
 
 
 def main() -> None:
@@ -62,6 +67,7 @@ def main() -> None:
     ap.add_argument("--previous", default=None, help="another checkpoint to time in the same run")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    threadpool_limits(1)  # numpy's BLAS too: one core
     model, ckpt = load_checkpoint(args.checkpoint or default_checkpoint())
     cfg = model.cfg
     n_steps = math.ceil(args.seconds * args.bpm / 60 * cfg.steps_per_beat)
@@ -72,7 +78,8 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(model, n_steps, temperature=0.9, seed=r)
         whole.append(time.perf_counter() - t0)
-    ours = np.array(ours_per_step(model, 2000)) * 1e3
+    previous = load_checkpoint(args.previous)[0] if args.previous else None
+    ours, prev = (np.array(t) * 1e3 for t in ours_per_step(model, 4000, previous))
     base_steps = int(args.seconds * 100)
     t0 = time.perf_counter()
     base = np.array(original_approach(base_steps)) * 1e3
@@ -88,7 +95,6 @@ def main() -> None:
           f"{np.percentile(base, 99) / np.percentile(ours, 99):8.1f}x")
     print(f"{'faster than real time':28}{args.seconds / ours_total:11.0f}x{args.seconds / base_total:11.0f}x")
     if args.previous:
-        prev = np.array(ours_per_step(load_checkpoint(args.previous)[0], 2000)) * 1e3
         print(f"{args.previous}: per step median {np.median(prev):.3f} ms, p99 {np.percentile(prev, 99):.3f} ms "
               f"(this checkpoint / it: {np.median(ours) / np.median(prev):.2f}x, "
               f"{np.percentile(ours, 99) / np.percentile(prev, 99):.2f}x)")

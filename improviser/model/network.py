@@ -329,8 +329,14 @@ class NumpyLSTM:
         w = model.numpy_weights()
         self.cfg = model.cfg
         self.layers = w["layers"]
+        w0, n_in = self.layers[0][0], self.cfg.n_inputs
+        self._w_in = np.ascontiguousarray(w0[:, :n_in].T)  # (inputs, 4 * hidden)
+        self._w_rec0 = np.ascontiguousarray(w0[:, n_in:])  # (4 * hidden, hidden)
         self.head_w, self.head_b = w["head"]
         self.nade = w.get("nade")
+        # The NADE's output weights as one (pitches * states, hidden) matrix: a pass is one mat-vec.
+        self._nade_v = None if self.nade is None else np.ascontiguousarray(
+            self.nade[3].reshape(-1, self.nade[3].shape[-1]))
         self.intervals = w.get("intervals")  # (n, n, K) or None
         self.key_bias = None  # (n_inputs, n * K): the key biases as one matrix on the whole input, or None
         if w.get("key_bias") is not None:
@@ -357,7 +363,13 @@ class NumpyLSTM:
         self.x = x
         n = self.cfg.hidden
         for k, (w, b) in enumerate(self.layers):
-            gates = w @ np.concatenate([x, self.h[k]]) + b
+            if k == 0:
+                # The first layer's input is mostly zeros (a few notes, one bar position): only the
+                # columns of its non-zero entries are multiplied, from a transposed copy (contiguous rows).
+                nz = np.flatnonzero(x)
+                gates = x[nz] @ self._w_in[nz] + self._w_rec0 @ self.h[0] + b
+            else:
+                gates = w @ np.concatenate([x, self.h[k]]) + b
             # PyTorch's gate order: input, forget, cell candidate, output.
             i = _sigmoid(gates[:n])
             f = _sigmoid(gates[n: 2 * n])
@@ -382,6 +394,12 @@ class NumpyLSTM:
         bias: float (n_pitches, states) added to the logits (e.g. the generator's hold on the key), or None.
         With the NADE head each pitch's distribution depends on the states chosen below it.
         """
+        return self.draw(self.step_logits(h, player, bias), u, temperature, banned)
+
+    def step_logits(self, h: np.ndarray, player: np.ndarray | None = None,
+                    bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """What every draw of this step starts from: the logits before the NADE's part, and the NADE's
+        hidden pre-activation (None for the independent head). Several draws of one step share it."""
         b = self.logits(h).astype(np.float64)
         if self.intervals is not None and player is not None and player.any():
             b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
@@ -390,17 +408,29 @@ class NumpyLSTM:
         if bias is not None:
             b += bias
         if self.nade is None:
-            return _draw(b, u, temperature, banned)
-        wc, bc, nw, nv = self.nade
+            return b, None
+        wc, bc, _, _ = self.nade
         a = (wc @ h + bc).astype(np.float64)  # hidden pre-activation seen by the lowest pitch
-        n = self.cfg.n_pitches
+        # Every draw's first pass (from the lowest pitch up to its first note) sees this same layer.
+        return b, (a, b + (self._nade_v @ _sigmoid(a)).reshape(b.shape))
+
+    def draw(self, start: tuple[np.ndarray, np.ndarray | None], u: np.ndarray, temperature: float,
+             banned: np.ndarray) -> np.ndarray:
+        """One draw of a step's states from ``step_logits``' result."""
+        b, first = start
+        if first is None:
+            return _draw(b, u, temperature, banned)
+        a, logits = first
+        nw = self.nade[2]
+        n, k = self.cfg.n_pitches, self.cfg.states
         state = np.zeros(n, np.int64)
         i = 0
         # Silent pitches add nothing to the hidden layer, so between two sounding pitches every
         # pitch sees the same hidden layer: compute all their logits in one go, draw them all,
         # and only go again from the first pitch that sounds. Cost ~ (voices + 1) passes, not n.
         while i < n:
-            logits = b[i:] + np.einsum("nkh,h->nk", nv[i:], _sigmoid(a))
+            if i:
+                logits = b[i:] + (self._nade_v[i * k:] @ _sigmoid(a)).reshape(n - i, k)
             drawn = _draw(logits, u[i:], temperature, banned[i:])
             on = np.flatnonzero(drawn)
             if on.size == 0:
@@ -417,12 +447,10 @@ def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndar
     logits = np.where(banned, -np.inf, logits)
     if temperature == 0:
         return np.argmax(logits, axis=1)
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    cum = np.cumsum(p, axis=1)
-    cum /= cum[:, -1:]
-    return (u[:, None] >= cum[:, :-1]).sum(axis=1)
+    z = logits * (1.0 / temperature)
+    z -= z.max(axis=1, keepdims=True)
+    cum = np.cumsum(np.exp(z, out=z), axis=1)
+    return (u[:, None] * cum[:, -1:] >= cum[:, :-1]).sum(axis=1)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
