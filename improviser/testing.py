@@ -521,3 +521,33 @@ def soak(monitor: Monitor, folder: Path, seconds: float, seed: int = 11, bpm: fl
             "length": length, "heard": heard, "saved": saved, "lags": lags, "resid": resid, "onsets": onsets,
             "sent": sent, "recorded": recorded, "at_seams": at_seams,
             "late": int(late.group(1)) if late else None, "rss_mb": rss}
+
+
+# ---- audio (the built-in synth) --------------------------------------------------------------------------
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """(frames x channels float samples, full scale = 1; sample rate) of a 16-bit WAV."""
+    import wave
+
+    with wave.open(str(path)) as w:
+        if w.getsampwidth() != 2:
+            raise AssertionError(f"{path}: {8 * w.getsampwidth()}-bit samples, not 16")
+        x = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels())
+        return x.astype(float) / 32768, w.getframerate()
+
+
+def dbfs(x: np.ndarray) -> float:
+    """RMS level of samples (full scale = 1) in dB below full scale."""
+    return 20 * float(np.log10(max(float(np.sqrt(np.mean(np.square(x)))), 1e-10)))
+
+
+def attack_delays(x: np.ndarray, rate: int, times: list[float], level: float = 0.1) -> np.ndarray:
+    """For isolated notes at ``times`` (s): how long after its time each one's attack is heard, in s -- the first
+    sample, from 20 ms before the note to 100 ms after, that reaches ``level`` times the window's peak."""
+    audio = np.abs(x.mean(axis=1)) if x.ndim == 2 else np.abs(x)
+    delays = []
+    for t in times:
+        lo, hi = max(0, round((t - 0.02) * rate)), round((t + 0.1) * rate)
+        window = audio[lo:hi]
+        delays.append((lo + int(np.flatnonzero(window >= level * window.max())[0])) / rate - t)
+    return np.array(delays)
