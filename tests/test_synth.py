@@ -187,9 +187,9 @@ def test_play_render_writes_a_wav_beside_each_session(synth, jack_server, tmp_pa
 @pytest.mark.jack
 def test_doctor_reports_the_synth_its_soundfont_and_jack_audio(synth, jack_server):
     lines = cli("doctor").stdout.splitlines()
-    synth = next(line for line in lines if " synth " in line)
+    fluid = next(line for line in lines if " synth " in line)
     font = next(line for line in lines if " soundfont " in line)
     jack_audio = next(line for line in lines if re.match(r"\S+\s+audio\s+jack:", line))
-    assert synth.startswith("ok") and "FluidSynth" in synth, synth
+    assert fluid.startswith("ok") and "FluidSynth" in fluid, fluid
     assert font.startswith("ok") and str(synth) in font, font
     assert jack_audio.startswith("ok"), jack_audio
