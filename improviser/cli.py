@@ -486,6 +486,9 @@ CC_OPT = typer.Option(None, "--cc", help="Move a live control to another control
                       "(repeatable). Defaults: temperature=74, stability=71, tempo=76, panic=119.")
 SYNC_OPT = typer.Option("internal", "--sync", help="internal: its own clock at --bpm; clock: follow the 24 ppqn "
                         "MIDI clock (start/stop/continue) arriving on --input.")
+JACK_BACKEND_OPT = typer.Option(None, "--jack-backend", help="With --api jack: jack (the default: each message "
+                                "written on its own frame, handed over one period ahead) or rtmidi (python-rtmidi's "
+                                "backend, which starts everything at the next period).")
 
 THRU_OPT = typer.Option(False, "--thru", help="Forward every note and control you play on --input to the output "
                         "at once, on your own channel, so you hear yourself through the same synth.")
@@ -562,14 +565,17 @@ class LiveOptions:
     cc: Optional[list[str]]
     sync: str
     thru: bool
+    jack_backend: Optional[str]
     music: MusicOptions
     sound: SoundOptions = field(default_factory=SoundOptions)
 
     def check(self) -> LiveOptions:
         """Bad options, one line each, before any port opens."""
         from .live.listen import check_mode, parse_cc_map
+        from .ports.midi import jack_backend_of
 
         self.music.check()
+        jack_backend_of(self.api, self.jack_backend)
         self.sound.check()
         if self.sync not in ("internal", "clock"):
             raise ImproviserError(f"unknown --sync {self.sync!r}; choose internal or clock")
@@ -594,6 +600,7 @@ LIVE_PARAMS = {
     "cc": (Optional[list[str]], CC_OPT),
     "sync": (str, SYNC_OPT),
     "thru": (bool, THRU_OPT),
+    "jack_backend": (Optional[str], JACK_BACKEND_OPT),
 }
 live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (MusicOptions, MUSIC_PARAMS),
                                                                       "sound": (SoundOptions, SOUND_PARAMS)})
@@ -614,7 +621,7 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
         follower = ClockFollower()
         timing = MidiClockSync(follower)
     listener = InputListener(on_clock=follower.handle if follower else None, panic_cc=cc_map["panic"])
-    name = start_listening(listener, api, opts.input_name)
+    name = start_listening(listener, api, opts.input_name, opts.jack_backend)
     typer.echo(f"listening on MIDI port {name!r} ({mode}"
                f"{', following its MIDI clock' if follower else ''})", err=True)
     if follower is not None:
@@ -680,19 +687,28 @@ def _live(port, api: Optional[str], opts: LiveOptions):
             typer.echo(f"ignored {listening.tempo_ignored} tempo controls (following the DAW's clock)", err=True)
 
 
-def _open_output(api: Optional[str], output: Optional[str]):
+def _open_output(api: Optional[str], output: Optional[str], jack_backend: Optional[str] = None):
     """A virtual output port, or (--output NAME) a connection that comes back when that program restarts."""
     from .ports.midi import open_output
     from .ports.reconnect import open_reconnecting_output
 
     if output is None:
-        return open_output(api, None)
-    return open_reconnecting_output(api, output, warn=_warn, info=lambda text: typer.echo(text, err=True))
+        port = open_output(api, None, jack_backend)
+    else:
+        port = open_reconnecting_output(api, output, warn=_warn, info=lambda text: typer.echo(text, err=True),
+                                        jack_backend=jack_backend)
+    if port.lead:
+        typer.echo(f"JACK backend: each message written on its own frame, handed over {port.lead * 1e3:.1f} ms "
+                   f"ahead (one period, {port.period * 1e3:.2f} ms, plus a margin)", err=True)
+    return port
 
 
 def _timing_line(result) -> str:
     s = result.stats
-    return f"{s.played} steps played, {s.late_steps} late, worst send delay {s.max_send_delay * 1e3:.2f} ms"
+    line = f"{s.played} steps played, {s.late_steps} late, worst send delay {s.max_send_delay * 1e3:.2f} ms"
+    if result.port_late is not None:
+        line += f"; {result.port_late} messages written after their time"
+    return line
 
 
 ACCOMPANY_PARAMS = {**MUSIC_PARAMS, "bpm": (Optional[float], typer.Option(
@@ -771,10 +787,10 @@ def record(
     live.check()
     check_output(out)
     try:
-        port = _open_output(live.api, live.output)
+        port = _open_output(live.api, live.output, live.jack_backend)
     except MidiSystemMissing as e:
-        if live.input_name is not None:
-            raise  # nothing to listen on: say what to install
+        if live.input_name is not None or live.jack_backend is not None:
+            raise  # nothing to listen on, or the JACK backend asked for: say what to install
         _warn(f"{e} -- " + ("playing through the synth only" if live.sound.synth else
                             f"writing {out} without playing it"))
         port = None
@@ -822,7 +838,7 @@ def play(
     except OSError as e:
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
-    port = _open_output(live.api, live.output)  # no MIDI system: a PortError saying what to install
+    port = _open_output(live.api, live.output, live.jack_backend)  # no MIDI system: a PortError saying what to install
 
     def written(path: Path, session) -> None:
         typer.echo(f"wrote {path} ({session.length:.1f} s, {len(session.notes())} notes)", err=True)

@@ -27,6 +27,11 @@ Two threads share the work:
   On the real clock it asks for SCHED_FIFO where allowed, so a busy machine
   does not wake it late.
 
+With a ``lead`` (a port that places each message on its own sample, such as the
+JACK backend), the sender wakes ``lead`` seconds before each deadline (a sleep,
+no spin: the port keeps the time) and ``perform`` gets the deadline as ``t``:
+the messages are handed over early with the time they are due.
+
 The sender never waits on the model beyond a deadline. If item ``k`` is not
 ready ``spin`` seconds before it is due, step ``k`` is **skipped**: nothing
 is sent for it (the notes already sounding simply go on), it is counted in
@@ -170,7 +175,7 @@ class ConductorStats:
     played: int = 0
     late_steps: int = 0  # skipped because the producer was not ready (or the music had moved past them)
     late_indices: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATE_KEPT))
-    max_send_delay: float = 0.0  # worst (perform time - deadline) over played steps
+    max_send_delay: float = 0.0  # worst (perform time - deadline [- lead]) over played steps
 
 
 class Slot(enum.Enum):
@@ -189,7 +194,7 @@ class TimingSource(Protocol):
 
     def slot(self, k: int, stop: threading.Event) -> tuple[Slot, float]: ...
 
-    def wait(self, k: int, stop: threading.Event) -> float | None: ...
+    def wait(self, k: int, stop: threading.Event, lead: float = 0.0) -> float | None: ...
 
     def deadline(self, k: int) -> float: ...
 
@@ -238,10 +243,15 @@ class TempoGrid:
         assert self.t0 is not None, "the grid has not started"
         return self.t0 + k * self.step_seconds
 
-    def wait(self, k: int, stop: threading.Event) -> float | None:
-        """Until step k's deadline: sleep to ~spin before it, then spin. The time, or None if stopped."""
+    def wait(self, k: int, stop: threading.Event, lead: float = 0.0) -> float | None:
+        """Until ``lead`` before step k's deadline: sleep to ~spin before it, then spin (no spin with a lead).
+
+        Returns when the step sounds (its deadline, or the clock if that has passed), or None if stopped.
+        """
         deadline = self.deadline(k)
-        return self.clock.now() if wait_until(self.clock, deadline, stop, self.spin) else None
+        if not wait_until(self.clock, deadline - lead, stop, 0.0 if lead else self.spin):
+            return None
+        return max(deadline, self.clock.now())
 
 
 def wait_until(clock: Clock, deadline: float, stop: threading.Event, spin: float = SPIN_SECONDS) -> bool:
@@ -277,16 +287,20 @@ class Conductor:
     lookahead: how many items the producer may be ahead of the sender. 0: no producer thread;
         each item is produced on the sender thread just before its step (an offline run on a
         virtual clock, where the producer may move time forward to when it would listen).
+    lead: call ``perform`` this long before each step is due, with the deadline as ``t`` (a port that
+        places messages in time itself); 0: when it is due, with the clock reading.
     """
 
     def __init__(self, timing: TimingSource | float, produce: Callable[[int], Any],
                  prepare: Callable[[int, Any], Any], perform: Callable[[int, Any, float], None],
                  clock: Clock | None = None, lookahead: int = 2, spin: float = SPIN_SECONDS,
-                 on_late: Callable[[int], None] | None = None, on_pause: Callable[[], None] | None = None):
+                 on_late: Callable[[int], None] | None = None, on_pause: Callable[[], None] | None = None,
+                 lead: float = 0.0):
         self.clock = clock or getattr(timing, "clock", None) or MonotonicClock()
         self.timing = TempoGrid(timing, self.clock, spin) if isinstance(timing, (int, float)) else timing
         self.produce, self.prepare, self.perform = produce, prepare, perform
         self.spin = spin
+        self.lead = lead
         self.on_late = on_late or _log_late
         self.on_pause = on_pause or (lambda: None)
         self.stats = ConductorStats()
@@ -353,18 +367,20 @@ class Conductor:
             if kind is Slot.BEHIND:
                 self._skip(k)
                 continue
-            item = self.produce(k) if self.inline else self._take(k, due - self.spin)
+            item = self.produce(k) if self.inline else self._take(k, due - self.spin - self.lead)
             if item is PRODUCER_ENDED:
                 break
             if item is None:  # the producer is late: skip this step, keep the grid
                 self._skip(k)
                 continue
             payload = self.prepare(k, item)
-            t = timing.wait(k, self._stop)
+            t = timing.wait(k, self._stop, self.lead)
             if t is not None:
+                handed = self.clock.now() if self.lead else t
                 self.perform(k, payload, t)
                 self.stats.played += 1
-                self.stats.max_send_delay = max(self.stats.max_send_delay, t - timing.deadline(k))
+                # How late the step was handed over: at its deadline, or ``lead`` before it.
+                self.stats.max_send_delay = max(self.stats.max_send_delay, handed - (timing.deadline(k) - self.lead))
                 self.stats.steps += 1
             self.next_step = k + 1  # a step interrupted by a stop or pause is dropped, not played late
 

@@ -20,9 +20,13 @@
   files hold exactly what was played and heard.
 
 On the sending thread each frame becomes messages against what actually sounds,
-so a skipped step never leaves a note on. Every ``session_seconds`` the recorder
-starts a new session and the finished one is handed to ``on_session`` on a writer
-thread, so a file write never delays a note.
+so a skipped step never leaves a note on. A port with a ``lead`` (the JACK backend, which
+writes each message on its own sample) is handed a step's messages that long before its
+deadline, with the deadline; the recorder and the sinks still get the deadline as the
+send time, and the sinks (which sound at once) get the messages when it comes.
+
+Every ``session_seconds`` the recorder starts a new session and the finished one is
+handed to ``on_session`` on a writer thread, so a file write never delays a note.
 
 Every way out of ``run`` (its end, ``stop()`` from Ctrl-C or SIGTERM, an
 exception) takes the same path: a note-off for every sounding note, CC 123,
@@ -102,6 +106,8 @@ class LiveResult:
     paths: list[Path] = field(default_factory=list)  # files written, in order (the last ones, for play)
     n_written: int = 0  # files written
     interrupted: bool = False  # stopped before its planned end
+    # Messages a port that places them in time wrote after their time (None: the port sends at once).
+    port_late: int | None = None
 
     @property
     def n_notes(self) -> int:
@@ -161,10 +167,13 @@ class LiveEngine:
         self.sinks = list(sinks or [])
         self.program = program
         self.voices = VoiceChannels() if voices else None  # the sender's only
+        # A port that places messages in time is handed them this long ahead (0: at their deadline).
+        self.lead = float(getattr(port, "lead", 0.0))
         self.conductor = Conductor(self.timing, self._produce, self._prepare, self._perform, clock=self.clock,
-                                   lookahead=lookahead, on_late=self._late, on_pause=self.pause)
+                                   lookahead=lookahead, on_late=self._late, on_pause=self.pause, lead=self.lead)
         self.recorder: SessionRecorder | None = None
         self._sounding = np.zeros(N_MIDI, bool)  # what the improviser's notes sound at the port now (sender)
+        self._handed_until = -math.inf  # the latest step time handed to the port (sender; with a lead, ahead)
         self._writer: _SessionWriter | None = None
         if listening is not None:
             listening.attach(self)
@@ -221,6 +230,8 @@ class LiveEngine:
                 timer.cancel()
             self.conductor.close()
             last = self._silence()
+            if self.lead:
+                result.port_late = self.port.late
             if self._writer is not None:
                 done, n = self._writer.close()
                 result.sessions.extend(done)
@@ -258,12 +269,15 @@ class LiveEngine:
                 self.voices.restore(voices_before)  # the step prepared is not played
             msgs, sound = self._messages(Frame.silent()), np.zeros(N_MIDI, bool)
         if self.port is not None:
-            for msg in msgs:  # first, the deadline is now; the bookkeeping waits
-                self.port.send(msg)
+            for msg in msgs:  # first, the deadline is now (or, with a lead, these are due at t)
+                self._to_port(msg, t)
+        if self.sinks and self.lead:
+            self.conductor.wait_until(t)  # the sinks sound what they get at once
         for sink in self.sinks:
             for msg in msgs:
                 sink.send(msg, t)
         self._sounding = sound
+        self._handed_until = max(self._handed_until, t)
         cut = None
         if self.steps_per_session and k > 0 and k % self.steps_per_session == 0:
             cut = self.timing.deadline(k)  # step k opens a new session: cut at its deadline
@@ -277,10 +291,20 @@ class LiveEngine:
         for when, msg in later:  # the player's notes heard after the cut belong to the new session
             self.recorder.record(msg, when, PLAYER)
 
-    def forward(self, msg: mido.Message) -> None:
-        """Send one message now to the port and every sink (any thread: the port and the sinks lock)."""
-        if self.port is not None:
+    def _to_port(self, msg: mido.Message, at: float | None = None) -> None:
+        if self.lead and at is not None:
+            self.port.send(msg, at=at)
+        else:
             self.port.send(msg)
+
+    def forward(self, msg: mido.Message, heard_at: float | None = None) -> None:
+        """Send one message now to the port and every sink (any thread: the port and the sinks lock).
+
+        heard_at: when the input it answers was heard; a port that places messages in time sends it its
+        ``hop`` after that, so the delay is the same for every message (thru).
+        """
+        if self.port is not None:
+            self._to_port(msg, None if heard_at is None else heard_at + getattr(self.port, "hop", 0.0))
         t = self.clock.now()
         for sink in self.sinks:
             sink.send(msg, t)
@@ -291,6 +315,10 @@ class LiveEngine:
             self.warn(f"step {k} skipped: the model was not ready in time ({n} late so far)")
 
     # ---- silence: a pause, and the stop path ---------------------------------------------------
+
+    def _now(self) -> float:
+        """When a message sent now sounds: now, or after the last step handed to a port ahead of time."""
+        return max(self.clock.now(), self._handed_until)
 
     def _offs(self) -> list[mido.Message]:
         """Turn off every note the improviser sounds (the port also sends CC 123); returns the note-offs."""
@@ -308,7 +336,7 @@ class LiveEngine:
         """Silence the improviser's notes now (sender thread; e.g. the DAW stopped)."""
         if self.recorder is None:
             return
-        t = self.clock.now()
+        t = self._now()
         for msg in self._offs():
             self.recorder.record(msg, t)
         if self.listening is not None:
@@ -320,7 +348,7 @@ class LiveEngine:
             return None
         if self.listening is not None:
             self.listening.flush(self.recorder)  # the producer has ended: the player's last notes
-        t = self.clock.now()
+        t = self._now()
         for msg in self._offs():
             self.recorder.record(msg, t)
         return self.recorder.finish(t)

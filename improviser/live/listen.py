@@ -3,10 +3,11 @@
 The data path, one direction:
 
 - ``InputListener.on_message`` runs on the MIDI system's thread. It only reads
-  the clock and sorts: notes and control changes go into a bounded queue (never
-  blocks; overflow is counted), MIDI clock/start/stop/continue/song position go
-  to the ``ClockFollower`` (``sync.py``), anything else (sysex, pitch bend,
-  aftertouch, ...) is counted and dropped.
+  the clock (or takes the time the port stamped the message with: the JACK
+  backend gives each its frame's time) and sorts: notes and control changes go
+  into a bounded queue (never blocks; overflow is counted), MIDI clock/start/
+  stop/continue/song position go to the ``ClockFollower`` (``sync.py``), anything
+  else (sysex, pitch bend, aftertouch, ...) is counted and dropped.
 - ``Listening`` is the engine's listening part (``live.LiveEngine(listening=...)``).
   On the producer thread, just before a step is computed, ``before_step`` drains
   the queue: the notes heard become a ``Frame`` for that step (struck notes are
@@ -124,21 +125,26 @@ class InputListener:
         self.panics = 0  # panic presses so far
         self.note_ons = 0  # note-ons so far
         self.port: Any = None
-        # thru(msg): where the player's notes and controls are forwarded at once (the engine's ``forward``
-        # with --thru), set before the input opens and then only read; its failures are counted.
-        self.thru: Callable[[mido.Message], None] | None = None
+        # thru(msg, t): where the player's notes and controls are forwarded at once, t when they were heard
+        # (the engine's ``forward`` with --thru), set before the input opens and then only read; its
+        # failures are counted.
+        self.thru: Callable[[mido.Message, float], None] | None = None
         self.thru_failed = 0
         self._queue: queue.Queue = queue.Queue(maxsize)
         self._held: tuple[float, mido.Message] | None = None  # drained too early; the producer's only
 
-    def on_message(self, msg: mido.Message) -> None:
-        """The MIDI thread's callback: only timestamp, sort and enqueue; never blocks."""
-        t = self.now()
+    def on_message(self, msg: mido.Message, t: float | None = None) -> None:
+        """The MIDI thread's callback: only timestamp, sort and enqueue; never blocks.
+
+        t: when the message arrived, if the port knows (the JACK backend: its frame's time); else now.
+        """
+        if t is None:
+            t = self.now()
         kind = msg.type
         if kind in MUSIC:
             if self.thru is not None:
                 try:
-                    self.thru(msg)  # first: the player hears themselves before anything else is done
+                    self.thru(msg, t)  # first: the player hears themselves before anything else is done
                 except Exception:  # noqa: BLE001 -- a port that went away must not stop the listening
                     self.thru_failed += 1
             if kind == "control_change" and msg.control == self.panic_cc and msg.value >= 64:
@@ -228,6 +234,7 @@ class Mark:
     note_ons: int
 
 
+LISTEN_MARGIN = 0.005  # s: the model's time for a step, at the least, between listening and handing it over
 REACTIONS_KEPT = 10_000  # (arrival, step) of the most recent heard notes, for the listening benchmark
 CONTROLS_KEPT = 1_000  # the most recent controls applied
 
@@ -307,9 +314,12 @@ class Listening:
         return heard, playing, mark
 
     def _wait_to_listen(self, k: int) -> float:
-        """Sleep until half a step before step k is due: what is heard by then belongs to step k - 1."""
+        """Sleep until half a step before step k is due: what is heard by then belongs to step k - 1.
+
+        (Earlier if the port's lead leaves less than LISTEN_MARGIN of the half step for the model.)
+        """
         timing = self.engine.timing
-        until = timing.deadline(k) - timing.step_seconds / 2
+        until = timing.deadline(k) - max(timing.step_seconds / 2, self.engine.conductor.lead + LISTEN_MARGIN)
         self.engine.conductor.wait_until(until, spin=0.0)  # no spin: half a step early is early enough
         return until
 
@@ -373,9 +383,9 @@ def listening_summary(listener: InputListener) -> str:
             f"ignored {c.ignored} other messages; {c.overflow} dropped (input queue full)")
 
 
-def start_listening(listener: InputListener, api: str | None, name: str) -> str:
+def start_listening(listener: InputListener, api: str | None, name: str, jack_backend: str | None = None) -> str:
     """Open the input port (``virtual`` or a name to match) with the listener's callback; returns its name."""
     from ..ports.midi import open_input
 
-    listener.port = open_input(listener.on_message, api, name)
+    listener.port = open_input(listener.on_message, api, name, jack_backend)
     return listener.port.name

@@ -196,26 +196,33 @@ class MidiClockSync:
             due = f.time_of(self.target)
         return Slot.PLAY, (due if due is not None else self.clock.now() + 1.0)
 
-    def wait(self, k: int, stop: threading.Event) -> float | None:
-        """Until the step's tick arrives or is due, whichever is first. The time, or None if stopped meanwhile."""
+    def wait(self, k: int, stop: threading.Event, lead: float = 0.0) -> float | None:
+        """Until the step's tick arrives or is due (less ``lead``), whichever is first.
+
+        Returns when the step sounds (the tick's predicted time, or the clock if that has passed or the
+        tick came first), or None if stopped meanwhile.
+        """
         f, clock, position = self.follower, self.clock, self.target
         self.target += TICKS_PER_STEP  # whatever happens, the next step is the next 16th
+        spin = 0.0 if lead else self.spin  # a port that places messages in time needs no spin
+        due = None
         while True:
             with f.changed:
                 if stop.is_set() or f.epoch != self.epoch or not f.running:
                     return None
                 if f.arrived(position):
+                    due = None
                     break
                 due = f.time_of(position)
-                left = None if due is None else due - clock.now()
-                if left is None or left > self.spin:
+                left = None if due is None else due - lead - clock.now()
+                if left is None or left > spin:
                     # Woken by every tick; the timeout ends the sleep ~spin before the predicted time.
-                    clock.wait(f.changed, 0.05 if left is None else min(left - self.spin, 0.05))
+                    clock.wait(f.changed, 0.05 if left is None else min(left - spin, 0.05))
                     continue
-            while clock.now() < due:  # the last ~millisecond: spin
+            while clock.now() < due - lead:  # the last ~millisecond: spin
                 pass
             break
-        t = clock.now()
+        t = clock.now() if due is None else max(due, clock.now())
         self.sent_at[k] = t
         self.sent_at.pop(k - 8, None)
         self.steps_ticks.append((k, position, t))

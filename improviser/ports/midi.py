@@ -11,6 +11,10 @@
   (also run by ``close()``) sends a note-off for each of them, then CC 123
   (all notes off) on every channel used, then waits a few milliseconds so the
   port has delivered them before anything is closed.
+- On JACK the default backend is ``jack_midi`` (``jack_backend="jack"``): it writes each
+  message on the frame of the time it is given (``send(msg, at=t)``, handed over ``lead``
+  seconds ahead) and stamps input with the time of its frame. ``jack_backend="rtmidi"``
+  keeps python-rtmidi's JACK backend, which writes everything at the start of a period.
 """
 
 from __future__ import annotations
@@ -49,6 +53,25 @@ class MidiSystemMissing(PortError):
     """There is no MIDI system to open ports on at all (as opposed to a wrong port name)."""
 
 
+JACK_BACKENDS = ("jack", "rtmidi")  # with --api jack: our frame-placing backend (the default), or rtmidi's
+
+
+def jack_backend_of(api: str | None, jack_backend: str | None) -> str | None:
+    """The JACK backend ports on ``api`` use: None off JACK, else ``jack_backend`` (default "jack").
+
+    PortError for an unknown name, or for a backend named with another API.
+    """
+    if jack_backend is not None and jack_backend not in JACK_BACKENDS:
+        raise PortError(f"unknown --jack-backend {jack_backend!r}; choose jack (each message on its frame, the "
+                        "default) or rtmidi (python-rtmidi's: everything at the start of a period)")
+    if (api or default_api()).lower() != "jack":
+        if jack_backend is not None:
+            raise PortError(f"--jack-backend {jack_backend} is for --api jack (the MIDI system here is "
+                            f"{(api or default_api()).lower()})")
+        return None
+    return jack_backend or "jack"
+
+
 def default_api() -> str:
     """The platform's usual API: CoreMIDI on macOS, WinMM on Windows, ALSA elsewhere."""
     if sys.platform == "darwin":
@@ -75,7 +98,7 @@ def backend(api: str | None = None) -> mido.Backend:
         raise MidiSystemMissing(f"no MIDI system: {HOW_TO_GET_MIDI['alsa']}")
     be = mido.Backend(f"mido.backends.rtmidi/{APIS[api]}", load=True)
     try:
-        with _quiet_stderr():  # libjack and alsa-lib print several lines of their own on failure
+        with quiet_stderr():  # libjack and alsa-lib print several lines of their own on failure
             be.get_output_names()
     except Exception as e:  # rtmidi raises its own SystemError types
         raise MidiSystemMissing(f"no MIDI system: {HOW_TO_GET_MIDI.get(api, str(e))}") from None
@@ -93,7 +116,7 @@ class PortList:
 
 def list_ports(api: str | None = None) -> PortList:
     be = backend(api)
-    with _quiet_stderr():
+    with quiet_stderr():
         return PortList((api or default_api()).lower(), be.get_output_names(), be.get_input_names())
 
 
@@ -114,13 +137,19 @@ def find_port(names: list[str], wanted: str, kind: str = "output") -> str:
 class OutputPort:
     """An open MIDI output that remembers the notes it left sounding and can silence them.
 
-    port: any mido output port (or an object with ``send`` and ``close``).
+    port: any mido output port (or an object with ``send`` and ``close``). A port that places messages
+    in time itself (``jack_midi.JackOutput``) also has ``send(msg, at=t)``, a ``lead`` (how long before
+    ``t`` to hand a message over) and a ``hop`` (the soonest constant delay after an input's time at
+    which an answer can go out); for any other port both are 0 and messages go out when sent.
     """
 
     def __init__(self, port, name: str | None = None, settle: float = SETTLE_SECONDS):
         self._port = port  # swapped only under _lock (see reconnect.ReconnectingOutput)
         self.name = name or getattr(port, "name", "?")
         self.settle = settle
+        self.lead = float(getattr(port, "lead", 0.0))
+        self.hop = float(getattr(port, "hop", 0.0))
+        self.period = float(getattr(port, "period", 0.0))  # the port's own period (JACK's), if it has one
         # The sender, the stop path and a reconnect watcher may all reach the port: every send and a
         # swap of the underlying port hold this lock, so a swap never meets a send half way.
         self._lock = threading.RLock()
@@ -129,15 +158,24 @@ class OutputPort:
         self._dirty = False  # something was sent since the last silence()
         self.closed = False
 
-    def send(self, msg: mido.Message) -> None:
-        """Send one message, keeping track of sounding notes."""
+    def send(self, msg: mido.Message, at: float | None = None) -> None:
+        """Send one message, keeping track of sounding notes. ``at``: when it is due (monotonic seconds), for
+        a port with a ``lead``; other ports send it now."""
         with self._lock:
-            self._send(msg)
+            self._send(msg, at)
             self._track(msg)
 
-    def _send(self, msg: mido.Message) -> None:
+    def _send(self, msg: mido.Message, at: float | None = None) -> None:
         """Hand one message to the underlying port (lock held); a subclass changes only this."""
-        self._port.send(msg)
+        if at is None or not self.lead:
+            self._port.send(msg)
+        else:
+            self._port.send(msg, at=at)
+
+    @property
+    def late(self) -> int:
+        """Messages the port wrote after their time (a port that places messages in time; else 0)."""
+        return int(getattr(self._port, "late", 0))
 
     def _track(self, msg: mido.Message) -> None:
         self._dirty = True
@@ -192,12 +230,20 @@ class OutputPort:
         self.close()
 
 
-def open_output(api: str | None = None, name: str | None = None) -> OutputPort:
-    """A virtual output port named with ``improviser`` (name None), or the existing port matching ``name``."""
+def open_output(api: str | None = None, name: str | None = None, jack_backend: str | None = None) -> OutputPort:
+    """A virtual output port named with ``improviser`` (name None), or the existing port matching ``name``.
+
+    jack_backend: with api "jack", "jack" (the default: each message on its frame) or "rtmidi".
+    """
+    if jack_backend_of(api, jack_backend) == "jack":
+        from . import jack_midi
+
+        port = jack_midi.open_output(name)
+        return OutputPort(port, port.target or port.name)
     api = (api or default_api()).lower()
     be = backend(api)
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             if name is None:
                 if api == "winmm":
                     raise MidiSystemMissing(HOW_TO_GET_MIDI["winmm"])
@@ -214,16 +260,22 @@ def open_output(api: str | None = None, name: str | None = None) -> OutputPort:
 IN_PORT_NAME = "in"
 
 
-def open_input(callback, api: str | None = None, name: str | None = None):
+def open_input(callback, api: str | None = None, name: str | None = None, jack_backend: str | None = None):
     """Listen on a virtual input port named with ``improviser`` (name None or "virtual") or on the existing
-    input port matching ``name``. ``callback(msg)`` runs on the MIDI system's thread for every message.
+    input port matching ``name``. ``callback(msg)`` runs on the MIDI system's thread for every message; the
+    JACK backend (``jack_backend`` as for ``open_output``) calls ``callback(msg, t)`` instead, ``t`` the
+    monotonic time of the message's frame.
 
-    Returns the open mido port (close it to stop listening).
+    Returns the open port (close it to stop listening).
     """
+    if jack_backend_of(api, jack_backend) == "jack":
+        from . import jack_midi
+
+        return jack_midi.open_input(callback, name)
     api = (api or default_api()).lower()
     be = backend(api)
     try:
-        with _quiet_stderr():
+        with quiet_stderr():
             if name is None or name == "virtual":
                 if api == "winmm":
                     raise MidiSystemMissing(HOW_TO_GET_MIDI["winmm"].replace("--output", "--input"))
@@ -237,7 +289,7 @@ def open_input(callback, api: str | None = None, name: str | None = None):
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def quiet_stderr():
     """Silence file descriptor 2 (C libraries' own messages) for the duration; Python errors still raise."""
     try:
         sys.stderr.flush()

@@ -36,25 +36,39 @@ POLL_SECONDS = 0.25  # how often the watcher looks at the port list
 
 
 class _Link:
-    """One connection (a mido output port). ``send`` never raises: a failure is remembered for the watcher."""
+    """One connection (a mido output port, or a ``jack_midi.JackOutput``). ``send`` never raises: a failure
+    is remembered for the watcher."""
 
     def __init__(self, port):
         self.port = port
+        self.lead = getattr(port, "lead", 0.0)  # a port that places messages in time: see midi.OutputPort
+        self.hop = getattr(port, "hop", 0.0)
+        self.period = getattr(port, "period", 0.0)
         self.failed: BaseException | None = None
         self._lock = threading.Lock()  # a send and close() of the same connection never overlap
         self._closed = False
 
-    def send(self, msg: mido.Message) -> None:
+    @property
+    def late(self) -> int:
+        return int(getattr(self.port, "late", 0))
+
+    def send(self, msg: mido.Message, at: float | None = None) -> None:
         with self._lock:
             if self._closed or self.failed is not None:
                 return  # the peer is gone: the message goes nowhere, as it would on JACK
             try:
-                self.port.send(msg)
+                if at is None:
+                    self.port.send(msg)
+                else:
+                    self.port.send(msg, at=at)
             except Exception as e:  # e.g. a backend that reports the vanished peer
                 self.failed = e
 
     def names(self) -> list[str] | None:
         """Output port names seen through this connection's own client, or None if it cannot list them."""
+        own = getattr(self.port, "output_names", None)  # the JACK backend lists through its own client
+        if own is not None:
+            return own()
         rt = getattr(self.port, "_rt", None)  # mido's rtmidi port keeps its rtmidi.MidiOut here
         if rt is None:
             return None
@@ -163,6 +177,11 @@ class ReconnectingOutput(OutputPort):
 
 def open_reconnecting_output(api: str | None, wanted: str, warn: Callable[[str], None] | None = None,
                              info: Callable[[str], None] | None = None,
-                             poll: float = POLL_SECONDS) -> ReconnectingOutput:
-    """Connect to the existing output port matching ``wanted`` (PortError if none) and keep reconnecting."""
-    return ReconnectingOutput(open_output(api, wanted), api, wanted, warn=warn, info=info, poll=poll)
+                             poll: float = POLL_SECONDS, jack_backend: str | None = None) -> ReconnectingOutput:
+    """Connect to the existing output port matching ``wanted`` (PortError if none) and keep reconnecting
+    (through the same backend: ``jack_backend`` as for ``open_output``)."""
+
+    def reopen(api: str | None, name: str) -> OutputPort:
+        return open_output(api, name, jack_backend)
+
+    return ReconnectingOutput(reopen(api, wanted), api, wanted, warn=warn, info=info, poll=poll, reopen=reopen)
