@@ -927,6 +927,8 @@ def render(
         raise ImproviserError(f"--sample-rate {sample_rate}: give {SAMPLE_RATES[0]}..{SAMPLE_RATES[1]} Hz")
     font = SoundOptions(soundfont=soundfont, render=True).soundfont_file()
     check_output(wav)
+    if wav.exists() and midi.exists() and wav.samefile(midi):
+        raise ImproviserError(f"{wav} is the MIDI file itself: give the WAV another name")
     r = render_midi(midi, wav, font, program, sample_rate)
     typer.echo(f"wrote {wav}: {r.seconds:.2f} s ({r.piece_seconds:.2f} s and {r.tail_seconds:.2f} s of release) at "
                f"{r.sample_rate} Hz, {r.notes} notes, peak {r.peak_dbfs:.1f} dBFS, RMS {r.rms_dbfs:.1f} dBFS, "

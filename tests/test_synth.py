@@ -96,7 +96,7 @@ def corrupt_soundfont(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no soundfont", "not a soundfont", "corrupt soundfont", "not midi", "no midi",
-                                  "no folder", "a folder", "program", "sample rate"])
+                                  "no folder", "a folder", "itself", "program", "sample rate"])
 def test_bad_render_input_is_one_line(synth, tmp_path, case):
     mid = melody_file(tmp_path / "tune.mid")
     text = tmp_path / "notes.txt"
@@ -110,6 +110,7 @@ def test_bad_render_input_is_one_line(synth, tmp_path, case):
         "no midi": ([tmp_path / "missing.mid", tmp_path / "a.wav"], ["no such MIDI file"]),
         "no folder": ([mid, tmp_path / "gone" / "a.wav"], ["does not exist"]),
         "a folder": ([mid, tmp_path], ["is a folder"]),
+        "itself": ([mid, mid], ["the MIDI file itself"]),
         "program": ([mid, tmp_path / "a.wav", "--program", 128], ["0..127"]),
         "sample rate": ([mid, tmp_path / "a.wav", "--sample-rate", 1000], ["8000..96000"]),
     }[case]
