@@ -41,8 +41,9 @@ __all__ = ["DEFAULT_PROGRAM", "LiveSynth", "SynthError", "SynthMissing", "find_s
 N_CHANNELS = 16
 DRUM_CHANNEL = 9  # General MIDI's percussion channel (10 counted from 1): FluidSynth gives it the drum kits
 LIVE_SAMPLE_RATE = 48000.0  # Hz; a JACK server's own rate wins (FluidSynth follows it)
-# FluidSynth's master gain live (its default is 0.2). Measured with FluidR3_GM: four string voices of a
-# chorale at the velocities it plays peak near -6 dBFS; the player's notes with --thru add to that.
+# FluidSynth's master gain live (its default is 0.2). Measured with FluidR3_GM and String Ensemble: the shipped
+# model's four voices peak at -9 to -12 dBFS and sit near -25 dBFS RMS (benchmarks/synth.py --jack), which
+# leaves room for the player's notes with --thru.
 LIVE_GAIN = 0.5
 JACK_CLIENT = "improviser-synth"  # its JACK audio ports: improviser-synth:left and :right
 RELEASE_SECONDS = 1.5  # on close, how long the last notes may ring out before the audio stops
