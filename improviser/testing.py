@@ -35,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -252,6 +253,69 @@ def input_port() -> str:
     if len(found) != 1:
         raise AssertionError(f"not one improviser input port among {lsp}")
     return found[0]
+
+
+class MidiDump:
+    """``jack_midi_dump -a`` (JACK's own example client, not ours) listening on ``<client>:input``: it prints
+    every message with the frame it was written on, counted from its start, so it sees where in a period a
+    message lands. The improviser plays into it with ``--output <client>``; ``stop()`` ends it and returns
+    [(frame, bytes)] of everything it heard."""
+
+    def __init__(self, client: str | None = None, timeout: float = 20):
+        self.client = client or f"dump{uuid.uuid4().hex[:6]}"
+        self.name = f"{self.client}:input"
+        self._out = tempfile.TemporaryFile("w+")  # a file, never a pipe nobody reads while it runs
+        self.proc = subprocess.Popen(["jack_midi_dump", "-a", self.client], stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+
+        def listed() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"jack_midi_dump exited with code {self.proc.returncode}")
+            lsp = subprocess.run(["jack_lsp"], capture_output=True, text=True, timeout=30).stdout
+            return self.name in lsp.split("\n")
+
+        wait_for(listed, timeout, f"jack_midi_dump's port {self.name}")
+
+    def stop(self) -> list[tuple[int, bytes]]:
+        """End it (it prints what it still holds on the way out); (frame, bytes) of every message."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self._out.seek(0)
+        events = []
+        for line in self._out:
+            frame, sep, rest = line.partition(":")
+            if not sep or not frame.strip().isdigit():
+                continue
+            data = []
+            for word in rest.split():
+                if not re.fullmatch(r"[0-9a-f]{2}", word):
+                    break
+                data.append(int(word, 16))
+            events.append((int(frame), bytes(data)))
+        self._out.close()
+        return events
+
+
+def dump_notes(events: list[tuple[int, bytes]], rate: int = RATE) -> list[tuple[int, float, float]]:
+    """(pitch, on, off) in seconds (frame / rate) of the notes in ``MidiDump.stop()``'s events, as
+    ``monitor_notes`` gives them; AssertionError on a note-on never turned off."""
+    notes, sounding = [], {}
+    for frame, data in events:
+        if len(data) != 3 or data[0] & 0xE0 != 0x80:  # note-on 0x9n and note-off 0x8n only
+            continue
+        key, t = (data[0] & 0x0F, data[1]), frame / rate
+        if key in sounding:
+            notes.append((data[1], sounding.pop(key), t))
+        if data[0] & 0xF0 == 0x90 and data[2] > 0:
+            sounding[key] = t
+    if sounding:
+        raise AssertionError(f"notes left hanging at jack_midi_dump: {sorted(sounding)}")
+    return sorted(notes, key=lambda n: (n[1], n[0]))
 
 
 # ---- what was played, what was saved --------------------------------------------------------------

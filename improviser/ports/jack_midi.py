@@ -19,8 +19,13 @@ Time: ``FrameClock`` maps the cycle's first frame to ``time.monotonic()``. In ev
 (monotonic, ``jack_frame_time``) back to back: JACK's frame time is its own smoothed estimate of
 the current frame, so each pair is a point on the line frames = rate * (t - base); ``base`` is the
 median of the last few readings (a reading whose two clock reads were far apart, the thread having
-been preempted, is dropped). Frames are unsigned 32-bit and wrap after a day at 48 kHz: only
-differences of them are used.
+been preempted, is dropped; one far from the median starts the readings afresh). On a real-time
+server the cycle's start found so is within a few frames of where JACK puts it. A server that is
+not real-time on a busy machine runs its cycles in fits (measured: from 10 ms before to 40 ms after
+the time its own clock gives them), and then the music must follow the wall clock, not the frames:
+the start is kept between ``LATE_CYCLE`` before the callback's own wake-up and that wake-up, so a
+message is never held for a cycle that has already gone by, nor written before its time comes.
+Frames are unsigned 32-bit and wrap after a day at 48 kHz: only differences of them are used.
 
 Threads and shared state (one JACK client per port, as rtmidi does):
 - ``JackOutput._inbox``: appended by the senders (under ``_lock``), emptied by the process callback
@@ -56,6 +61,8 @@ log = logging.getLogger(__name__)
 MARGIN = 0.002  # s: for the sender to wake and hand over, beyond the period (a loaded 2-core machine)
 HOP_MARGIN = 0.0001  # s: beyond the period, from an input's frame to the soonest frame it can answer on
 READINGS = 16  # (monotonic, frame) readings the clock's base is the median of
+JUMP_SECONDS = 0.0005  # a reading this far from the median: the frames jumped (an xrun): start afresh
+LATE_CYCLE = 0.001  # s: a callback woken later than this after its cycle's start is taken to start later
 PAIR_SECONDS = 50e-6  # a reading whose two monotonic reads are further apart than this is dropped
 MAX_DRAIN_SECONDS = 1.0  # on close: the longest wait for queued messages to be written
 WRAP = 1 << 32  # JACK frame times are unsigned 32-bit
@@ -90,8 +97,12 @@ class FrameClock:
         after = time.monotonic()
         if after - before < PAIR_SECONDS or not self._bases:
             into = _frames_between(now, first)  # how far into the cycle JACK's clock is now
-            self._bases.append((before + after) / 2 - (self._frames + into) / self.rate)
-        self.cycle_start = statistics.median(self._bases) + self._frames / self.rate
+            base = (before + after) / 2 - (self._frames + into) / self.rate
+            if self._bases and abs(base - statistics.median(self._bases)) > JUMP_SECONDS:
+                self._bases.clear()
+            self._bases.append(base)
+        start = statistics.median(self._bases) + self._frames / self.rate
+        self.cycle_start = min(before, max(start, before - LATE_CYCLE))
         return self.cycle_start
 
 
