@@ -179,6 +179,7 @@ class StreamingGenerator:
         self.level: float | None = None  # the player's dynamics, once heard
         self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
         self._recent: collections.deque = collections.deque(maxlen=COPY_STEPS - 1)  # its last frames
+        self._sounding_run = 0  # steps in a row up to now on which it sounded something
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -222,6 +223,7 @@ class StreamingGenerator:
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
         self._recent.append(out)
+        self._sounding_run = self._sounding_run + 1 if out.sound.any() else 0
         self.step_index += 1
         return out
 
@@ -279,8 +281,8 @@ class StreamingGenerator:
 
     def _copies(self, onset: np.ndarray, sound: np.ndarray) -> bool:
         """Would this frame complete a passage of COPY_STEPS steps found verbatim in the training music?"""
-        if self.copies is None or len(self._recent) < COPY_STEPS - 1:
-            return False
+        if self.copies is None or self._sounding_run < COPY_STEPS - 1 or not sound.any():
+            return False  # a copy has no silent step in it
         key = analysis.window_key(np.array([f.onset for f in self._recent] + [onset]),
                                   np.array([f.sound for f in self._recent] + [sound]))
         if key is None:
