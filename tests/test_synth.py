@@ -16,6 +16,8 @@ import mido
 import numpy as np
 import pytest
 from conftest import skip_or_fail
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from improviser.music.encoding import TimedNote, write_midi
 from improviser.testing import Run, attack_delays, cli, dbfs, file_notes, one_line_error, read_wav
@@ -210,3 +212,28 @@ def test_with_no_midi_system_record_still_plays_in_time_through_the_synth(synth,
     assert time.monotonic() - started >= 3.0  # in time, not as fast as the model goes
     notes, length, _ = file_notes(out)
     assert notes and abs(length - 3) < 0.1
+
+
+SEED = (Path(__file__).parent / "data" / "bwv10_7.mid").read_bytes()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(SEED) - 1), st.integers(0, 255)), min_size=1, max_size=12),
+       st.integers(20, len(SEED)))
+def test_what_render_reads_of_a_mangled_file_is_in_order_or_a_clean_error(tmp_path, flips, cut):
+    from improviser.errors import MidiFileError
+    from improviser.sound.render import MAX_RENDER_SECONDS, midi_events
+
+    data = bytearray(SEED[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    path = tmp_path / "mangled.mid"
+    path.write_bytes(bytes(data))
+    try:
+        events, length = midi_events(path)
+    except MidiFileError as e:
+        assert str(path) in str(e) and "\n" not in str(e)
+        return
+    times = [t for t, _ in events]
+    assert times == sorted(times) and all(0 <= t <= length <= MAX_RENDER_SECONDS for t in times)
