@@ -403,12 +403,14 @@ class LiveSynth:
                 return
             self.closed = True
             all_notes_off(self._synth)
-        deadline = time.monotonic() + release
-        while self._synth.get_active_voice_count() > 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(max(0.0, min(0.25, deadline - time.monotonic())))  # the reverb's own tail
-        _delete_driver(self._driver)
-        self._synth.delete()
+        try:  # a second Ctrl-C cuts the release short, never the clean-up
+            deadline = time.monotonic() + release
+            while self._synth.get_active_voice_count() > 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(max(0.0, min(0.25, deadline - time.monotonic())))  # the reverb's own tail
+        finally:
+            _delete_driver(self._driver)
+            self._synth.delete()
 
     def __enter__(self) -> LiveSynth:
         return self
