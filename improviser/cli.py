@@ -499,7 +499,8 @@ THRU_OPT = typer.Option(False, "--thru", help="Forward every note and control yo
 SYNTH_OPT = typer.Option(False, "--synth", help="Hear it here: its notes (and yours, with --thru) through the "
                          "built-in General MIDI synth (FluidSynth) on the default audio output, or with --api jack "
                          "on the JACK audio ports improviser-synth:left and :right (connect them with jack_connect). "
-                         "Needs pip install 'improviser[synth]' and FluidSynth (apt fluidsynth, brew fluid-synth).")
+                         "Needs pyfluidsynth (the project's 'synth' extra) and the FluidSynth library (apt "
+                         "fluidsynth, brew fluid-synth); `improviser doctor` says what is missing.")
 SOUNDFONT_OPT = typer.Option(None, "--soundfont", help="The General MIDI SoundFont (.sf2, .sf3) to play with "
                              "(default: the system's, e.g. /usr/share/sounds/sf2/FluidR3_GM.sf2; "
                              "`improviser doctor` says which it finds).")
