@@ -2,6 +2,7 @@
 # Play the improviser into a software synth (FluidSynth) and record each 30 s session.
 # Linux with the ALSA sequencer (the default API). Needs: fluidsynth and a General MIDI soundfont
 # (Debian/Ubuntu: sudo apt-get install fluidsynth fluid-soundfont-gm).
+# The same synth built in, with nothing to wire: improviser play --synth (pip install -e '.[synth]').
 set -euo pipefail
 fluidsynth -a pulseaudio -g 0.8 -s -i /usr/share/sounds/sf2/FluidR3_GM.sf2 &   # -s: a server, no prompt
 synth=$!
