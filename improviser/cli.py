@@ -701,6 +701,9 @@ def _open_output(api: Optional[str], output: Optional[str], jack_backend: Option
     if port.lead:
         typer.echo(f"JACK backend: each message written on its own frame, handed over {port.lead * 1e3:.1f} ms "
                    f"ahead (one period, {port.period * 1e3:.2f} ms, plus a margin)", err=True)
+    elif (api or "").lower() == "jack" and jack_backend is None:
+        _warn("JACK-Client is not installed, so python-rtmidi's JACK backend plays (every message at the start "
+              "of a period); pip install 'improviser[jack]' to place each on its own frame")
     return port
 
 

@@ -279,7 +279,10 @@ class MidiDump:
     def stop(self) -> list[tuple[int, bytes]]:
         """End it (it prints what it still holds on the way out); (frame, bytes) of every message."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            # SIGINT: it closes its JACK client and exits. SIGTERM kills it with the client open, and a
+            # real-time server then waits a long timeout for it in the middle of a cycle (seen: 427 ms at
+            # 1024 frames), after which it may misbehave for the clients that stay.
+            self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(10)
         finally:

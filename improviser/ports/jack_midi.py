@@ -20,11 +20,12 @@ Time: ``FrameClock`` maps the cycle's first frame to ``time.monotonic()``. In ev
 the current frame, so each pair is a point on the line frames = rate * (t - base); ``base`` is the
 median of the last few readings (a reading whose two clock reads were far apart, the thread having
 been preempted, is dropped; one far from the median starts the readings afresh). On a real-time
-server the cycle's start found so is within a few frames of where JACK puts it. A server that is
-not real-time on a busy machine runs its cycles in fits (measured: from 10 ms before to 40 ms after
-the time its own clock gives them), and then the music must follow the wall clock, not the frames:
-the start is kept between ``LATE_CYCLE`` before the callback's own wake-up and that wake-up, so a
-message is never held for a cycle that has already gone by, nor written before its time comes.
+server the cycle's start found so is within a few frames of where JACK puts it (±0.01 ms measured),
+however late the callback itself runs (it waits for Python's GIL: often a millisecond or more). A
+server that is not real-time on a busy machine runs its cycles in fits (measured: from 10 ms before
+to 40 ms after the time its own clock gives them), and there the music must follow the wall clock,
+not the frames: the start is kept between ``LATE_CYCLE`` before the callback's own wake-up and that
+wake-up, so a message is neither held for a cycle that has already gone by nor written early.
 Frames are unsigned 32-bit and wrap after a day at 48 kHz: only differences of them are used.
 
 Threads and shared state (one JACK client per port, as rtmidi does):
@@ -80,6 +81,7 @@ class FrameClock:
     def __init__(self, client):
         self.client = client
         self.rate = float(client.samplerate)
+        self.follow_wall = not client.realtime  # a server that is not real-time does not keep time
         self.cycle_start = 0.0  # monotonic time of the current cycle's first frame (after update)
         self._frames = 0  # the current cycle's first frame, counted from the first cycle (no wrap)
         self._last: int | None = None  # the current cycle's first frame as JACK gives it
@@ -102,7 +104,9 @@ class FrameClock:
                 self._bases.clear()
             self._bases.append(base)
         start = statistics.median(self._bases) + self._frames / self.rate
-        self.cycle_start = min(before, max(start, before - LATE_CYCLE))
+        if self.follow_wall:
+            start = min(before, max(start, before - LATE_CYCLE))
+        self.cycle_start = start
         return self.cycle_start
 
 

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import threading
@@ -57,7 +58,8 @@ JACK_BACKENDS = ("jack", "rtmidi")  # with --api jack: our frame-placing backend
 
 
 def jack_backend_of(api: str | None, jack_backend: str | None) -> str | None:
-    """The JACK backend ports on ``api`` use: None off JACK, else ``jack_backend`` (default "jack").
+    """The JACK backend ports on ``api`` use: None off JACK, else ``jack_backend``; by default "jack", or
+    "rtmidi" where the JACK-Client package is not installed (the CLI says so).
 
     PortError for an unknown name, or for a backend named with another API.
     """
@@ -69,7 +71,9 @@ def jack_backend_of(api: str | None, jack_backend: str | None) -> str | None:
             raise PortError(f"--jack-backend {jack_backend} is for --api jack (the MIDI system here is "
                             f"{(api or default_api()).lower()})")
         return None
-    return jack_backend or "jack"
+    if jack_backend is None:
+        return "jack" if importlib.util.find_spec("jack") is not None else "rtmidi"
+    return jack_backend
 
 
 def default_api() -> str:
