@@ -36,8 +36,10 @@ Threads and shared state (one JACK client per port, as rtmidi does):
   them (``queue.SimpleQueue``, which never blocks a put).
 - ``FrameClock``: the process callback of its client only.
 
-The process callbacks never block and never raise (a callback that raises is taken out of the
-graph by JACK): they touch only these queues and JACK's buffers.
+The process callbacks never raise (a callback that raises is taken out of the graph by JACK) and
+wait on nothing but Python's GIL, which they must take in every period: that is this backend's weak
+point at small periods. At 64 frames (1.3 ms) a model step holding the GIL longer than a period makes
+JACK report an xrun and lose time, and the onsets move with its clock by the time lost (README).
 """
 
 from __future__ import annotations
