@@ -221,7 +221,7 @@ def test_a_panic_or_a_tempo_knob_takes_effect_within_one_step(player, monitor, t
         time.sleep(1.0)
         # Tempo knob (moved to CC 21 by --cc) to the middle: 40 + 64/127 * 200 = 140.8 bpm.
         tt = player.send(mido.Message("control_change", control=21, value=64))
-        time.sleep(2.5)
+        time.sleep(5.0)  # a chorale opening moves in quarters and halves: time for several onsets
     finally:
         run.proc.send_signal(2)
     err = run.finish()
