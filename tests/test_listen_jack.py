@@ -372,7 +372,7 @@ def test_thru_forwards_every_player_note_at_once_on_its_channel_while_its_own_go
         run.wait_for("playing into")
         time.sleep(0.3)
         t = time.monotonic() + 0.05
-        for i in range(48):  # 48 notes in 16ths at 120 bpm, on channel 1 (0 here), velocities 30..124
+        for i in range(160):  # 160 notes in 16ths at 120 bpm (20 s), on channel 1 (0 here), velocities 30..124
             note, velocity = 60 + MAJOR_PHRASE[i % len(MAJOR_PHRASE)], 30 + (i * 47) % 95
             sleep_until(t)
             sent.append((player.send(mido.Message("note_on", channel=0, note=note, velocity=velocity)), note,
@@ -388,7 +388,8 @@ def test_thru_forwards_every_player_note_at_once_on_its_channel_while_its_own_go
     on0 = [(t, m) for t, m in monitor.messages("note_on") if m.channel == 0 and m.velocity > 0]
     assert [(m.note, m.velocity) for _, m in on0] == [(n, v) for _, n, v in sent], err
     delays = np.array([t - s for (t, _), (s, _, _) in zip(on0, sent)])
-    print(f"thru delay: median {np.median(delays) * 1e3:.2f} ms, p99 {np.percentile(delays, 99) * 1e3:.2f} ms")
+    print(f"thru delay: median {np.median(delays) * 1e3:.2f} ms, p90 {np.percentile(delays, 90) * 1e3:.2f} ms, "
+          f"p99 {np.percentile(delays, 99) * 1e3:.2f} ms, max {delays.max() * 1e3:.2f} ms")
     assert np.percentile(delays, 99) <= 0.002, f"thru p99 {np.percentile(delays, 99) * 1e3:.2f} ms"
     own = [m for _, m in monitor.messages() if m.type in ("note_on", "note_off", "program_change")
            and m.channel != 0]
