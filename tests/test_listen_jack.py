@@ -8,6 +8,7 @@ at 100 then 140 bpm with start/stop, and a flood of junk that neither disturbs t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -18,6 +19,7 @@ import mido
 import numpy as np
 import pytest
 
+from improviser import testing
 from improviser.music.analysis import estimate_key, key_correlation, key_name
 from improviser.music.encoding import Grid
 from improviser.music.listening_metrics import key_relation
@@ -48,6 +50,54 @@ class Player:
 
     def close(self) -> None:
         self._port.close()
+
+
+class FramePlayer(Player):
+    """A player whose messages JACK writes on the frame of a given time (``send(msg, at=t)``): a DAW's
+    clock, which stamps each tick with its sample, rather than a program whose messages go out at the start
+    of the next period (what rtmidi does: 0 to 0.67 ms late at 32 frames, a jitter the test would count)."""
+
+    def __init__(self):
+        from improviser.ports.jack_midi import JackOutput
+
+        self.client = f"daw{uuid.uuid4().hex[:6]}"
+        self._port = JackOutput(name=self.client, port="out")
+        self.lead = self._port.lead
+        self.sent = []
+
+    def send(self, msg: mido.Message, at: float | None = None) -> float:
+        if at is None:
+            return super().send(msg)
+        self._port.send(msg, at=at)
+        self.sent.append((at, msg))
+        return at
+
+
+@pytest.fixture
+def frame_player(jack_server):
+    p = FramePlayer()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def realtime_rig(jack_server, tmp_path):
+    """(player, monitor) on a JACK server of their own that runs real-time (-R, as a musician's JACK does;
+    the session's server is not, and its cycles come in fits of up to tens of ms on a busy machine),
+    32 frames; a server that is not real-time where real-time rights are missing."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(testing.jack_server("improviser-rt", realtime=True, log=tmp_path / "jackd.log"))
+        except testing.JackUnavailable:
+            stack.enter_context(testing.jack_server("improviser-rt", log=tmp_path / "jackd.log"))
+        p, m = Player(), Monitor()
+        try:
+            yield p, m
+        finally:  # every port closed before the server stops
+            p.close()
+            m.close()
 
 
 @pytest.fixture
@@ -251,25 +301,33 @@ def send_clock(player: Player, plan: list[tuple[str, float]]) -> list[tuple[str,
     Ticks are sent on their exact times (sleep, then spin); returns (kind, time sent) of every message.
     """
     sent = []
+    lead = getattr(player, "lead", None)  # a FramePlayer: each message handed over ahead, written on its frame
     t = time.monotonic() + 0.05
+
+    def send(kind: str, due: float) -> None:
+        if lead is not None:
+            sleep_until(due - lead - 0.002)
+            sent.append((kind, player.send(mido.Message(kind), at=due)))
+            return
+        while (left := due - time.monotonic()) > 0.0015:
+            time.sleep(left - 0.0015)
+        while time.monotonic() < due:
+            time.sleep(0)  # spin, but let the monitor's callback timestamp meanwhile
+        sent.append((kind, player.send(mido.Message(kind))))
+
     for what, seconds in plan:
         if what in ("start", "stop"):
-            sleep_until(t)
-            sent.append((what, player.send(mido.Message(what))))
+            send(what, t)
             continue
         period = 60 / float(what.split("@")[1]) / 24
         for i in range(round(seconds / period)):
-            due = t + i * period
-            while (left := due - time.monotonic()) > 0.0015:
-                time.sleep(left - 0.0015)
-            while time.monotonic() < due:
-                time.sleep(0)  # spin, but let the monitor's callback timestamp meanwhile
-            sent.append(("clock", player.send(mido.Message("clock"))))
+            send("clock", t + i * period)
         t += round(seconds / period) * period
     return sent
 
 
-def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player, monitor, tmp_path):
+def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(frame_player, monitor, tmp_path):
+    player = frame_player  # a DAW's clock: each tick on its own frame
     run = Run("record", str(tmp_path / "sync.mid"), "--seconds", "40", "--seed", "4", "--api", "jack",
               "--output", monitor.client, "--input", player.client, "--mode", "accompany", "--sync", "clock")
     try:
@@ -285,7 +343,7 @@ def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player,
     monitor_notes(monitor)  # nothing left hanging
     start = next(t for kind, t in sent if kind == "start")
     stop = next(t for kind, t in sent if kind == "stop")
-    ticks = [t for kind, t in sent if kind == "clock" and start < t < stop]  # song position 0, 1, 2, ...
+    ticks = [t for kind, t in sent if kind == "clock" and start <= t < stop]  # song position 0, 1, 2, ...
     change = ticks[round(4.0 / (60 / 100 / 24))]  # the first tick at 140 bpm
     ons = [t for t, m in monitor.messages("note_on") if m.velocity > 0]
     assert ons and min(ons) > start, "a note before Start"
@@ -317,6 +375,8 @@ def test_follows_a_midi_clock_at_100_then_140_bpm_between_start_and_stop(player,
     # rig, which is not real-time) and little jitter around it; benchmarks/listening.py reports the figures.
     lag = np.median(err_ms)
     jitter = np.abs(err_ms - lag)
+    print(f"clock follow: lag {lag:.2f} ms, jitter p90 {np.percentile(jitter, 90):.2f} ms, "
+          f"worst {np.abs(err_ms).max():.2f} ms over {len(err_ms)} onsets")
     assert abs(lag) < 5 and np.percentile(jitter, 90) < 2.0 and np.abs(err_ms).max() < 12, (
         f"notes off the clock's 16ths: lag {lag:.2f} ms, jitter p90 {np.percentile(jitter, 90):.2f} ms, "
         f"worst {np.abs(err_ms).max():.2f} ms")
@@ -360,10 +420,14 @@ def test_a_flood_of_junk_neither_disturbs_the_timing_nor_loses_a_note(monitor, t
 
 
 def test_thru_forwards_every_player_note_at_once_on_its_channel_while_its_own_go_on_theirs(
-        player, monitor, tmp_path):
+        realtime_rig, tmp_path):
     """--thru: the player's notes (channel 1) reach the output port within 2 ms (p99) of being sent, all of
     them, with their velocities; its own notes go out on channel 2 (the default with --thru) after a program
-    change there; the player track of the session file is unchanged; nothing is left hanging."""
+    change there; the player track of the session file is unchanged; nothing is left hanging.
+
+    On a real-time server: on the session's (not real-time), a full-suite run on a fresh machine once gave
+    p99 2.9 ms, max 4.8 ms (median 1.1 ms), the server's own late cycles."""
+    player, monitor = realtime_rig
     out = tmp_path / "thru.mid"
     run = Run("record", str(out), "--seconds", "30", "--bpm", "120", "--seed", "4", "--api", "jack",
               "--output", monitor.client, "--input", player.client, "--mode", "accompany", "--thru")
