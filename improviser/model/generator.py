@@ -250,7 +250,8 @@ class StreamingGenerator:
         tries = self.voice_tries if voicing or self.copies is not None else 1
         best = None
         start = self.net.step_logits(h, self._player[lo:hi], bias)
-        for _ in range(tries):
+        drawn = []  # (voice-leading faults, try, onset, sound) of each draw that was not kept at once
+        for i in range(tries):
             state = self.net.draw(start, self.rng.random(cfg.n_pitches), self.temperature, banned)
             onset = np.zeros(N_MIDI, bool)
             sound = np.zeros(N_MIDI, bool)
@@ -259,11 +260,23 @@ class StreamingGenerator:
             onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
             if tries == 1:
                 break
-            faults = (self._voice_faults(sound) if voicing else 0) + COPY_FAULT * self._copies(onset, sound)
-            if best is None or faults < best[0]:
-                best = (faults, onset, sound)
-            if faults == 0:
+            faults = self._voice_faults(sound) if voicing else 0
+            if faults == 0 and not self._copies(onset, sound):
+                best = (0, onset, sound)
                 break
+            drawn.append((faults, i, onset, sound))
+        if best is None and drawn:
+            # None was flawless: the first of those with the fewest voice-leading faults that completes no
+            # copied bar, else (every one a copy) the first with the fewest. The copy check (tens of
+            # microseconds) runs only on the draws that could be kept.
+            drawn.sort(key=lambda d: d[:2])
+            for faults, _, onset, sound in drawn:
+                if faults and not self._copies(onset, sound):  # (a flawless one here was a copy)
+                    best = (faults, onset, sound)
+                    break
+            if best is None:  # every draw completes a copy (any copy is worse than any voice fault)
+                faults, _, onset, sound = drawn[0]
+                best = (faults + COPY_FAULT, onset, sound)
         if best is not None and best[0] >= COPY_FAULT and cfg.states == 3:
             # Every draw completes a copied bar: the model holds on (a long chord, as at a cadence). Draw
             # once more with nothing held, so each of its notes is struck again or ends.

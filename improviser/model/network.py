@@ -428,13 +428,15 @@ class NumpyLSTM:
         n, k = self.cfg.n_pitches, self.cfg.states
         state = np.zeros(n, np.int64)
         i = 0
+        b = np.where(banned, -np.inf, b)  # banned once for every pass (each pass adds finite terms to b)
+        logits = np.where(banned, -np.inf, logits)
         # Silent pitches add nothing to the hidden layer, so between two sounding pitches every
         # pitch sees the same hidden layer: compute all their logits in one go, draw them all,
         # and only go again from the first pitch that sounds. Cost ~ (voices + 1) passes, not n.
         while i < n:
             if i:
                 logits = b[i:] + (self._nade_v[i * k:] @ _sigmoid(a)).reshape(n - i, k)
-            drawn = _draw(logits, u[i:], temperature, banned[i:])
+            drawn = _draw(logits, u[i:], temperature)
             on = np.flatnonzero(drawn)
             if on.size == 0:
                 break
@@ -445,9 +447,11 @@ class NumpyLSTM:
         return state
 
 
-def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
-    """One categorical draw per row of logits (n, K) by inverse CDF with uniforms u (n,)."""
-    logits = np.where(banned, -np.inf, logits)
+def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray | None = None) -> np.ndarray:
+    """One categorical draw per row of logits (n, K) by inverse CDF with uniforms u (n,); ``banned`` states
+    (None: already -inf in ``logits``) are never drawn."""
+    if banned is not None:
+        logits = np.where(banned, -np.inf, logits)
     if temperature == 0:
         return np.argmax(logits, axis=1)
     z = logits * (1.0 / temperature)
