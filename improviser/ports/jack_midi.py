@@ -56,8 +56,8 @@ from collections.abc import Callable
 
 import mido
 
-from ..errors import PortError
-from .midi import CLIENT_NAME, HOW_TO_GET_MIDI, IN_PORT_NAME, PORT_NAME, MidiSystemMissing, find_port, quiet_stderr
+from ..errors import PortError, quiet_stderr
+from .midi import CLIENT_NAME, HOW_TO_GET_MIDI, IN_PORT_NAME, PORT_NAME, MidiSystemMissing, find_port
 
 log = logging.getLogger(__name__)
 

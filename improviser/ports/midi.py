@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import sys
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 
 import mido
 
-from ..errors import PortError
+from ..errors import PortError, quiet_stderr
 
 CLIENT_NAME = "improviser"  # every port this program opens has this in its name
 PORT_NAME = "out"
@@ -292,20 +291,3 @@ def open_input(callback, api: str | None = None, name: str | None = None, jack_b
         raise PortError(f"cannot open MIDI input on {api}: {e}") from None
 
 
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence file descriptor 2 (C libraries' own messages) for the duration; Python errors still raise."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (e.g. some test runners): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

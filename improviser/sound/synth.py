@@ -32,7 +32,7 @@ from pathlib import Path
 
 import mido
 
-from ..errors import SynthError
+from ..errors import SynthError, quiet_stderr
 from ..music.encoding import DEFAULT_PROGRAM
 
 __all__ = ["DEFAULT_PROGRAM", "LiveSynth", "SynthError", "SynthMissing", "find_soundfont", "fluidsynth_module",
@@ -276,25 +276,6 @@ def all_notes_off(synth) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_fd2():
-    """File descriptor 2 silenced meanwhile: alsa-lib and libjack print lines of their own on a failed open."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError):  # no real stderr (some test runners): nothing to silence
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-@contextlib.contextmanager
 def _no_jack_autostart():
     """libjack starts a JACK server of its own when none runs; the MIDI ports never do, nor does the synth."""
     old = os.environ.get("JACK_NO_START_SERVER")
@@ -332,7 +313,7 @@ def _start_driver(synth, name: str):
         synth.setting("audio.driver", name)
     new_driver = _c("new_fluid_audio_driver", ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
     mark = _log_mark()
-    with _quiet_fd2(), _no_jack_autostart():
+    with quiet_stderr(), _no_jack_autostart():
         driver = new_driver(synth.settings, synth.synth)
     return (driver, None) if driver else (None, _reason(mark))
 
