@@ -57,6 +57,18 @@ FLOOD_RATE = 1000  # messages a second
 FLOOD_CCS = [1, 2, 7, 10, 11, 64, 65, 91, 93]
 
 
+# ---- files -------------------------------------------------------------------------------------
+
+def mangled(data: bytes, flips: list[tuple[int, int]], cut: int) -> bytes:
+    """``data`` cut to ``cut`` bytes with the byte at each position of ``flips`` set to its value (positions
+    beyond the cut are ignored): a damaged file for the fuzz tests."""
+    out = bytearray(data[:cut])
+    for pos, value in flips:
+        if pos < len(out):
+            out[pos] = value
+    return bytes(out)
+
+
 # ---- the server ----------------------------------------------------------------------------------
 
 class JackUnavailable(RuntimeError):

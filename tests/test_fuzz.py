@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from improviser.errors import MidiFileError
 from improviser.music.encoding import Grid, grid_to_notes, notes_to_grid, read_midi
+from improviser.testing import mangled
 
 SEED = (Path(__file__).parent / "data" / "bwv10_7.mid").read_bytes()
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -32,12 +33,9 @@ def read_or_clean_error(path: Path) -> None:
 @given(st.lists(st.tuples(st.integers(0, len(SEED) - 1), st.integers(0, 255)), min_size=1, max_size=12),
        st.integers(20, len(SEED)))
 def test_mutated_midi_files(tmp_path, flips, cut):
-    data = bytearray(SEED[:cut])
-    for pos, value in flips:
-        if pos < len(data):
-            data[pos] = value
+    data = mangled(SEED, flips, cut)
     p = tmp_path / "fuzz.mid"
-    p.write_bytes(bytes(data))
+    p.write_bytes(data)
     read_or_clean_error(p)
 
 

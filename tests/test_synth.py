@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from improviser.music.encoding import TimedNote, write_midi
-from improviser.testing import Run, attack_delays, cli, dbfs, file_notes, one_line_error, read_wav
+from improviser.testing import Run, attack_delays, cli, dbfs, file_notes, mangled, one_line_error, read_wav
 
 MELODY = [67, 69, 71, 72, 74, 72, 71, 69, 67, 71, 74, 79, 78, 76, 74, 72]  # G major, in quarter notes
 
@@ -224,12 +224,9 @@ def test_what_render_reads_of_a_mangled_file_is_in_order_or_a_clean_error(tmp_pa
     from improviser.errors import MidiFileError
     from improviser.sound.render import MAX_RENDER_SECONDS, midi_events
 
-    data = bytearray(SEED[:cut])
-    for pos, value in flips:
-        if pos < len(data):
-            data[pos] = value
+    data = mangled(SEED, flips, cut)
     path = tmp_path / "mangled.mid"
-    path.write_bytes(bytes(data))
+    path.write_bytes(data)
     try:
         events, length = midi_events(path)
     except MidiFileError as e:

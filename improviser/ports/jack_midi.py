@@ -287,19 +287,28 @@ class JackInput:
                     log.exception("MIDI input callback: %s", e)
 
 
+def _connected(port, connect: Callable[[], str], failure: str) -> str:
+    """``connect()`` (which returns the full name of the port it connected to); if it fails, ``port`` is
+    closed and one PortError says ``failure`` and why."""
+    try:
+        return connect()
+    except BaseException as e:
+        port.close()
+        if isinstance(e, PortError):
+            raise
+        raise PortError(f"{failure}: {e}") from None
+
+
 def open_output(name: str | None = None, margin: float = MARGIN) -> JackOutput:
     """Our output port ``improviser:out``, connected to the existing port matching ``name`` if given."""
     out = JackOutput(margin=margin)
     if name is not None:
-        try:
+        def connect() -> str:
             full = find_port(out.output_names(), name, "output")
             out.client.connect(out.port, full)
-        except BaseException as e:
-            out.close()
-            if isinstance(e, PortError):
-                raise
-            raise PortError(f"cannot connect to JACK MIDI input {name!r}: {e}") from None
-        out.target = full
+            return full
+
+        out.target = _connected(out, connect, f"cannot connect to JACK MIDI input {name!r}")
     return out
 
 
@@ -308,14 +317,11 @@ def open_input(callback: Callable[[mido.Message, float], None], name: str | None
     ``virtual``."""
     port = JackInput(callback)
     if name is not None and name != "virtual":
-        try:
+        def connect() -> str:
             names = [p.name for p in port.client.get_ports(is_midi=True, is_output=True)]
             full = find_port(names, name, "input")
             port.client.connect(full, port.port)
-        except BaseException as e:
-            port.close()
-            if isinstance(e, PortError):
-                raise
-            raise PortError(f"cannot listen to JACK MIDI output {name!r}: {e}") from None
-        port.source = full
+            return full
+
+        port.source = _connected(port, connect, f"cannot listen to JACK MIDI output {name!r}")
     return port
