@@ -6,7 +6,6 @@ No I/O and no clock: the conductor (live) or ``generate`` (offline) decides when
 
 from __future__ import annotations
 
-import collections
 import math
 
 import numpy as np
@@ -178,7 +177,9 @@ class StreamingGenerator:
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
         self.level: float | None = None  # the player's dynamics, once heard
         self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
-        self._recent: collections.deque = collections.deque(maxlen=COPY_STEPS - 1)  # its last frames
+        # Its last COPY_STEPS - 1 frames (onsets, sounds), oldest first, and a last row for the draw being
+        # checked: the copy check's window without building it anew for every draw.
+        self._window = np.zeros((2, COPY_STEPS, N_MIDI), bool)
         self._sounding_run = 0  # steps in a row up to now on which it sounded something
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
@@ -222,7 +223,8 @@ class StreamingGenerator:
         out = self._stabilise(out) if play else out
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
-        self._recent.append(out)
+        self._window[:, :-2] = self._window[:, 1:-1]
+        self._window[0, -2], self._window[1, -2] = out.onset, out.sound
         self._sounding_run = self._sounding_run + 1 if out.sound.any() else 0
         self.step_index += 1
         return out
@@ -296,8 +298,9 @@ class StreamingGenerator:
         """Would this frame complete a passage of COPY_STEPS steps found verbatim in the training music?"""
         if self.copies is None or self._sounding_run < COPY_STEPS - 1 or not sound.any():
             return False  # a copy has no silent step in it
-        key = analysis.window_key(np.array([f.onset for f in self._recent] + [onset]),
-                                  np.array([f.sound for f in self._recent] + [sound]))
+        window = self._window
+        window[0, -1], window[1, -1] = onset, sound
+        key = analysis.window_key(window[0], window[1])
         if key is None:
             return False
         i = int(np.searchsorted(self.copies, key))

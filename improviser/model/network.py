@@ -346,6 +346,8 @@ class NumpyLSTM:
                 self.key_bias[cols] = bias.transpose(1, 0, 2).reshape(12, n * k)  # share of class c -> (p, state)
         self._key_rows = (np.flatnonzero(self.key_bias.any(axis=1)) if self.key_bias is not None
                           else np.zeros(0, np.int64))
+        # Those rows of it only (the memories' columns), gathered once rather than at every step.
+        self._key_bias_rows = None if self.key_bias is None else np.ascontiguousarray(self.key_bias[self._key_rows])
         self.x: np.ndarray | None = None  # the last input, for the key bias
         self.reset()
 
@@ -406,8 +408,8 @@ class NumpyLSTM:
         if self.intervals is not None and player is not None and player.any():
             b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
         if self.key_bias is not None and self.x is not None:
-            rows = self._key_rows  # only the memories' columns of the input carry a key bias
-            b += (self.x[rows] @ self.key_bias[rows]).reshape(b.shape)  # one small mat-vec for both memories
+            # Only the memories' columns of the input carry a key bias: one small mat-vec for both memories.
+            b += (self.x[self._key_rows] @ self._key_bias_rows).reshape(b.shape)
         if bias is not None:
             b += bias
         if self.nade is None:

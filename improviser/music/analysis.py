@@ -139,10 +139,9 @@ def window_key(onset: np.ndarray, sound: np.ndarray) -> int | None:
     The passage is moved down so its lowest note is pitch 0, so the same passage in any key has the same
     key; steps where nothing sounds are never part of a copy (as in ``CopyFinder``).
     """
-    rows = sound.any(axis=1)
-    if not rows.all():
+    if not sound.any(axis=1).all():
         return None
-    low = int(np.flatnonzero(sound.any(axis=0))[0])
+    low = int(sound.any(axis=0).argmax())  # the lowest pitch sounding in it (every step sounds)
     moved = np.zeros((len(sound), 2, sound.shape[1]), bool)
     moved[:, 0, :sound.shape[1] - low] = onset[:, low:]
     moved[:, 1, :sound.shape[1] - low] = sound[:, low:]
