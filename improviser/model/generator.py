@@ -253,8 +253,18 @@ class StreamingGenerator:
         best = None
         start = self.net.step_logits(h, self._player[lo:hi], bias)
         drawn = []  # (voice-leading faults, try, onset, sound) of each draw that was not kept at once
+        states = None
+        if voicing and tries > 1:
+            # A beat is often drawn more than once: all its draws go through the model side by side (the
+            # same uniforms, in the same order, as drawn one after another; those of draws not needed are
+            # given back below, so a seed plays the same notes either way).
+            rng_state = self.rng.bit_generator.state
+            states = self.net.draw_many(start, self.rng.random((tries, cfg.n_pitches)), self.temperature, banned)
         for i in range(tries):
-            state = self.net.draw(start, self.rng.random(cfg.n_pitches), self.temperature, banned)
+            if states is not None:
+                state = states[i]
+            else:
+                state = self.net.draw(start, self.rng.random(cfg.n_pitches), self.temperature, banned)
             onset = np.zeros(N_MIDI, bool)
             sound = np.zeros(N_MIDI, bool)
             sound[lo:hi] = state != 0
@@ -265,6 +275,9 @@ class StreamingGenerator:
             faults = self._voice_faults(sound) if voicing else 0
             if faults == 0 and not self._copies(onset, sound):
                 best = (0, onset, sound)
+                if states is not None and i + 1 < tries:
+                    self.rng.bit_generator.state = rng_state
+                    self.rng.random((i + 1) * cfg.n_pitches)
                 break
             drawn.append((faults, i, onset, sound))
         if best is None and drawn:

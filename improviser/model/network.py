@@ -449,17 +449,57 @@ class NumpyLSTM:
         return state
 
 
+    def draw_many(self, start: tuple[np.ndarray, np.ndarray | None], u: np.ndarray, temperature: float,
+                  banned: np.ndarray) -> np.ndarray:
+        """Several draws of one step at once, row r of the result the same as ``draw(start, u[r], ...)``:
+        the draws go through the NADE side by side, so a pass serves all of them (passes ~ the most voices
+        of any draw + 1, not their sum)."""
+        b, first = start
+        if first is None:
+            return np.stack([_draw(b, row, temperature, banned) for row in u])
+        a0, logits = first
+        nw, v = self.nade[2], self._nade_v
+        n, k = self.cfg.n_pitches, self.cfg.states
+        m = len(u)
+        state = np.zeros((m, n), np.int64)
+        b = np.where(banned, -np.inf, b)
+        drawn = _draw(np.where(banned, -np.inf, logits), u, temperature)  # the first pass is the same for all
+        a = np.repeat(a0[None], m, axis=0)
+        pos = np.zeros(m, np.int64)  # each draw's next pitch to draw
+        live = np.arange(m)  # the draws not finished
+        lo = 0
+        while True:
+            # Each live draw's first sounding pitch at or above its own position (pitches below it, drawn here
+            # only because another draw is further down, are ignored).
+            on = (drawn != 0) & (np.arange(lo, n) >= pos[live, None])
+            has = on.any(axis=1)
+            j = on.argmax(axis=1)
+            live, j, got = live[has], j[has] + lo, drawn[has, j[has]]
+            if live.size == 0:
+                return state
+            state[live, j] = got
+            a[live] += nw[j, got - 1]
+            pos[live] = j + 1
+            keep = j + 1 < n
+            live = live[keep]
+            if live.size == 0:
+                return state
+            lo = int(pos[live].min())
+            logits = b[lo:] + (_sigmoid(a[live]) @ v[lo * k:].T).reshape(len(live), n - lo, k)
+            drawn = _draw(logits, u[live, lo:], temperature)
+
+
 def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray | None = None) -> np.ndarray:
-    """One categorical draw per row of logits (n, K) by inverse CDF with uniforms u (n,); ``banned`` states
-    (None: already -inf in ``logits``) are never drawn."""
+    """One categorical draw per row of logits (..., n, K) by inverse CDF with uniforms u (..., n); ``banned``
+    states (None: already -inf in ``logits``) are never drawn."""
     if banned is not None:
         logits = np.where(banned, -np.inf, logits)
     if temperature == 0:
-        return np.argmax(logits, axis=1)
+        return np.argmax(logits, axis=-1)
     z = logits * (1.0 / temperature)
-    z -= z.max(axis=1, keepdims=True)
-    cum = np.cumsum(np.exp(z, out=z), axis=1)
-    return (u[:, None] * cum[:, -1:] >= cum[:, :-1]).sum(axis=1)
+    z -= z.max(axis=-1, keepdims=True)
+    cum = np.cumsum(np.exp(z, out=z), axis=-1)
+    return (u[..., None] * cum[..., -1:] >= cum[..., :-1]).sum(axis=-1)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
