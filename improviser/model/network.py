@@ -463,7 +463,8 @@ class NumpyLSTM:
         m = len(u)
         state = np.zeros((m, n), np.int64)
         b = np.where(banned, -np.inf, b)
-        drawn = _draw(np.where(banned, -np.inf, logits), u, temperature)  # the first pass is the same for all
+        # The first pass is the same for all (at temperature 0 it does not depend on u: one row for all).
+        drawn = np.broadcast_to(_draw(np.where(banned, -np.inf, logits), u, temperature), (m, n))
         a = np.repeat(a0[None], m, axis=0)
         pos = np.zeros(m, np.int64)  # each draw's next pitch to draw
         live = np.arange(m)  # the draws not finished
