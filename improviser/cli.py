@@ -101,7 +101,9 @@ def load_prime(prime: Optional[Path], steps_per_beat: int):
 
 CHECKPOINT_OPT = typer.Option(None, "--checkpoint", "-c", help="Checkpoint file (default: the shipped Bach model).")
 TEMPERATURE_OPT = typer.Option(0.9, "--temperature", "-t",
-                               help="Sampling temperature, 0..5 (0 = always the likeliest).")
+                               help="Sampling temperature, 0..5: lower is plainer (0: the likeliest notes, slow "
+                               "chords), higher is wilder. After silence or a bar held it starts again at 0.9 "
+                               "or more, so a low temperature never leaves it silent.")
 STABILITY_OPT = typer.Option(1, "--stability", "-s", help="Minimum note length in steps (16ths), 1..64.")
 SEED_OPT = typer.Option(None, "--seed", help="Random seed; the same seed gives the same music.")
 DEFAULT_BPM = 100.0

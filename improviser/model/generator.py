@@ -37,6 +37,7 @@ KEY_HOLD = 3.0
 # changes, common chords on beats 73 -> 96 %, four notes 61 -> 87 % of steps (Bach: 2.8, 89 %, 86 %).
 # 4 tries gave 2.4 / 99 % / 91 %, further from Bach's own figures and slower at the 99th percentile.
 VOICE_TRIES = 3
+START_TEMPERATURE = 0.9  # the lowest temperature of a step after silence or a held bar (the default; _sample)
 COPY_STEPS = analysis.COPY_STEPS
 COPY_FAULT = 10  # a draw that completes a copied bar is worse than any voice-leading fault
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
@@ -252,6 +253,12 @@ class StreamingGenerator:
         tries = self.voice_tries if voicing or self.copies is not None else 1
         best = None
         start = self.net.step_logits(h, self._player[lo:hi], bias)
+        # From silence the likeliest next step is more silence, and from a held chord holding on, step after
+        # step: at a low temperature it would never start (below ~0.5 nothing at all) or never move on. After
+        # silence, or a bar with nothing struck, a step is drawn at no less than START_TEMPERATURE.
+        sounding = self.last.sound
+        stuck = not sounding.any() or int(self.age[sounding].min()) >= self.steps_per_bar
+        temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
         drawn = []  # (voice-leading faults, try, onset, sound) of each draw that was not kept at once
         states = None
         if voicing and tries > 1:
@@ -259,12 +266,12 @@ class StreamingGenerator:
             # same uniforms, in the same order, as drawn one after another; those of draws not needed are
             # given back below, so a seed plays the same notes either way).
             rng_state = self.rng.bit_generator.state
-            states = self.net.draw_many(start, self.rng.random((tries, cfg.n_pitches)), self.temperature, banned)
+            states = self.net.draw_many(start, self.rng.random((tries, cfg.n_pitches)), temperature, banned)
         for i in range(tries):
             if states is not None:
                 state = states[i]
             else:
-                state = self.net.draw(start, self.rng.random(cfg.n_pitches), self.temperature, banned)
+                state = self.net.draw(start, self.rng.random(cfg.n_pitches), temperature, banned)
             onset = np.zeros(N_MIDI, bool)
             sound = np.zeros(N_MIDI, bool)
             sound[lo:hi] = state != 0
@@ -297,7 +304,7 @@ class StreamingGenerator:
             # once more with nothing held, so each of its notes is struck again or ends.
             unheld = banned.copy()
             unheld[:, HOLD] = True
-            state = self.net.draw(start, self.rng.random(cfg.n_pitches), self.temperature, unheld)
+            state = self.net.draw(start, self.rng.random(cfg.n_pitches), temperature, unheld)
             best = (0, np.zeros(N_MIDI, bool), np.zeros(N_MIDI, bool))
             best[2][lo:hi] = state != 0
             best[1][lo:hi] = state == ONSET
