@@ -259,7 +259,7 @@ class StreamingGenerator:
         sounding = self.last.sound
         stuck = not sounding.any() or int(self.age[sounding].min()) >= self.steps_per_bar
         temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
-        drawn = []  # (voice-leading faults, try, onset, sound) of each draw that was not kept at once
+        drawn = []  # (voice-leading faults, onset, sound) of each draw not kept at once, in the order drawn
         states = None
         if voicing and tries > 1:
             # A beat is often drawn more than once: all its draws go through the model side by side (the
@@ -286,18 +286,18 @@ class StreamingGenerator:
                     self.rng.bit_generator.state = rng_state
                     self.rng.random((i + 1) * cfg.n_pitches)
                 break
-            drawn.append((faults, i, onset, sound))
+            drawn.append((faults, onset, sound))
         if best is None and drawn:
             # None was flawless: the first of those with the fewest voice-leading faults that completes no
             # copied bar, else (every one a copy) the first with the fewest. The copy check (tens of
             # microseconds) runs only on the draws that could be kept.
-            drawn.sort(key=lambda d: d[:2])
-            for faults, _, onset, sound in drawn:
+            drawn.sort(key=lambda d: d[0])  # a stable sort: the first drawn first among equals
+            for faults, onset, sound in drawn:
                 if faults and not self._copies(onset, sound):  # (a flawless one here was a copy)
                     best = (faults, onset, sound)
                     break
             if best is None:  # every draw completes a copy (any copy is worse than any voice fault)
-                faults, _, onset, sound = drawn[0]
+                faults, onset, sound = drawn[0]
                 best = (faults + COPY_FAULT, onset, sound)
         if best is not None and best[0] >= COPY_FAULT and cfg.states == 3:
             # Every draw completes a copied bar: the model holds on (a long chord, as at a cadence). Draw

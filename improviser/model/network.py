@@ -338,16 +338,13 @@ class NumpyLSTM:
         self._nade_v = None if self.nade is None else np.ascontiguousarray(
             self.nade[3].reshape(-1, self.nade[3].shape[-1]))
         self.intervals = w.get("intervals")  # (n, n, K) or None
-        self.key_bias = None  # (n_inputs, n * K): the key biases as one matrix on the whole input, or None
+        # The key biases as one matrix on the memories' input columns (``_key_rows``), or None.
+        self.key_bias = self._key_rows = None
         if w.get("key_bias") is not None:
             n, k = self.cfg.n_pitches, self.cfg.states
-            self.key_bias = np.zeros((self.cfg.n_inputs, n * k), np.float32)
-            for bias, cols in zip(w["key_bias"], w["memory_columns"]):
-                self.key_bias[cols] = bias.transpose(1, 0, 2).reshape(12, n * k)  # share of class c -> (p, state)
-        self._key_rows = (np.flatnonzero(self.key_bias.any(axis=1)) if self.key_bias is not None
-                          else np.zeros(0, np.int64))
-        # Those rows of it only (the memories' columns), gathered once rather than at every step.
-        self._key_bias_rows = None if self.key_bias is None else np.ascontiguousarray(self.key_bias[self._key_rows])
+            self._key_rows = np.concatenate([np.arange(self.cfg.n_inputs)[cols] for cols in w["memory_columns"]])
+            self.key_bias = np.ascontiguousarray(np.concatenate(  # share of class c -> (p, state)
+                [bias.transpose(1, 0, 2).reshape(12, n * k) for bias in w["key_bias"]]), np.float32)
         self.x: np.ndarray | None = None  # the last input, for the key bias
         self.reset()
 
@@ -408,8 +405,7 @@ class NumpyLSTM:
         if self.intervals is not None and player is not None and player.any():
             b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
         if self.key_bias is not None and self.x is not None:
-            # Only the memories' columns of the input carry a key bias: one small mat-vec for both memories.
-            b += (self.x[self._key_rows] @ self._key_bias_rows).reshape(b.shape)
+            b += (self.x[self._key_rows] @ self.key_bias).reshape(b.shape)  # one small mat-vec for both memories
         if bias is not None:
             b += bias
         if self.nade is None:
