@@ -34,7 +34,6 @@ of the player process, JACK's client thread included).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import re
 import subprocess
@@ -54,6 +53,7 @@ from improviser.testing import (
     file_notes,
     grid_residuals,
     jack_server,
+    realtime_jack_server,
 )
 
 BACKENDS = ("jack", "rtmidi")
@@ -107,13 +107,8 @@ def compare_backends(args) -> None:
     args.bpm = args.bpm or 140.0
     results, realtime = {}, {}
     for period in args.periods:
-        with contextlib.ExitStack() as stack:
-            try:
-                stack.enter_context(jack_server("improviser-bench", realtime=True, period=period))
-                realtime[period] = True
-            except JackUnavailable:  # no rtprio rights: a server that is not real-time measures the load instead
-                stack.enter_context(jack_server("improviser-bench", realtime=False, period=period))
-                realtime[period] = False
+        # Without rtprio rights a server that is not real-time measures the load instead (said in the report).
+        with realtime_jack_server("improviser-bench", period) as (_, realtime[period]):
             for backend in BACKENDS:
                 results[period, backend] = run_backend(backend, args)
                 print(f"-p {period} {backend}: done", file=sys.stderr)

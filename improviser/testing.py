@@ -134,6 +134,19 @@ def jack_server(prefix: str, realtime: bool = False, period: int = PERIOD, rate:
                 server.wait()
 
 
+@contextlib.contextmanager
+def realtime_jack_server(prefix: str, period: int = PERIOD, rate: int = RATE,
+                         log: str | os.PathLike | None = None) -> Iterator[tuple[str, bool]]:
+    """``jack_server`` real-time (-R) where real-time rights allow it, else one that is not; yields its name
+    and whether it is real-time."""
+    with contextlib.ExitStack() as stack:
+        try:
+            name, realtime = stack.enter_context(jack_server(prefix, True, period, rate, log)), True
+        except JackUnavailable:  # no rtprio rights
+            name, realtime = stack.enter_context(jack_server(prefix, False, period, rate, log)), False
+        yield name, realtime
+
+
 def _did_not_start(cmd: list[str], server: subprocess.Popen, log) -> str:
     code = server.poll()
     how = f"exited with code {code}" if code is not None else f"did not answer jack_lsp within {START_SECONDS:g} s"

@@ -37,13 +37,9 @@ def frames_server(request, tmp_path_factory):
     log = tmp_path_factory.mktemp("jack") / "jackd.log"
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(testing.jack_server("improviser-frames", realtime=True, period=request.param,
-                                                    log=log))
-        except testing.JackUnavailable:  # no real-time rights: a server that is not real-time still works
-            try:
-                stack.enter_context(testing.jack_server("improviser-frames", period=request.param, log=log))
-            except testing.JackUnavailable as e:
-                skip_or_fail(str(e))
+            stack.enter_context(testing.realtime_jack_server("improviser-frames", request.param, log=log))
+        except testing.JackUnavailable as e:
+            skip_or_fail(str(e))
         yield request.param
 
 

@@ -8,7 +8,6 @@ at 100 then 140 bpm with start/stop, and a flood of junk that neither disturbs t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import threading
@@ -87,11 +86,7 @@ def realtime_rig(jack_server, tmp_path):
     """(player, monitor) on a JACK server of their own that runs real-time (-R, as a musician's JACK does;
     the session's server is not, and its cycles come in fits of up to tens of ms on a busy machine),
     32 frames; a server that is not real-time where real-time rights are missing."""
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(testing.jack_server("improviser-rt", realtime=True, log=tmp_path / "jackd.log"))
-        except testing.JackUnavailable:
-            stack.enter_context(testing.jack_server("improviser-rt", log=tmp_path / "jackd.log"))
+    with testing.realtime_jack_server("improviser-rt", log=tmp_path / "jackd.log"):
         p, m, x = Player(), Monitor(), XrunWatch()
         try:
             yield p, m, x
