@@ -260,18 +260,8 @@ class StreamingGenerator:
         stuck = not sounding.any() or int(self.age[sounding].min()) >= self.steps_per_bar
         temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
         drawn = []  # (voice-leading faults, onset, sound) of each draw not kept at once, in the order drawn
-        states = None
-        if voicing and tries > 1:
-            # A beat is often drawn more than once: all its draws go through the model side by side (the
-            # same uniforms, in the same order, as drawn one after another; those of draws not needed are
-            # given back below, so a seed plays the same notes either way).
-            rng_state = self.rng.bit_generator.state
-            states = self.net.draw_many(start, self.rng.random((tries, cfg.n_pitches)), temperature, banned)
-        for i in range(tries):
-            if states is not None:
-                state = states[i]
-            else:
-                state = self.net.draw(start, self.rng.random(cfg.n_pitches), temperature, banned)
+        for _ in range(tries):
+            state = self.net.draw(start, self.rng.random(cfg.n_pitches), temperature, banned)
             onset = np.zeros(N_MIDI, bool)
             sound = np.zeros(N_MIDI, bool)
             sound[lo:hi] = state != 0
@@ -282,9 +272,6 @@ class StreamingGenerator:
             faults = self._voice_faults(sound) if voicing else 0
             if faults == 0 and not self._copies(onset, sound):
                 best = (0, onset, sound)
-                if states is not None and i + 1 < tries:
-                    self.rng.bit_generator.state = rng_state
-                    self.rng.random((i + 1) * cfg.n_pitches)
                 break
             drawn.append((faults, onset, sound))
         if best is None and drawn:

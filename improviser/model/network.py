@@ -322,29 +322,45 @@ class NumpyLSTM:
     """Batch-1 inference of a BachLSTM, one step at a time, in numpy.
 
     torch's nn.LSTM costs milliseconds per single step on a CPU; the same
-    arithmetic as a few mat-vecs in numpy costs a fraction of that.
+    arithmetic as a few mat-vecs in numpy costs a fraction of that. A step is
+    mostly the cost of calling numpy, so the weights are laid out at load for
+    as few calls as the arithmetic allows (see ``__init__``).
     """
 
     def __init__(self, model: BachLSTM):
         w = model.numpy_weights()
-        self.cfg = model.cfg
-        self.layers = w["layers"]
-        w0, n_in = self.layers[0][0], self.cfg.n_inputs
+        self.cfg = cfg = model.cfg
+        n = cfg.hidden
+        # PyTorch's gates are input, forget, cell candidate, output; here input, forget, output, cell, with the
+        # rows of the three sigmoid gates halved: sigmoid(z) = (tanh(z / 2) + 1) / 2, so one tanh over all four
+        # gates serves them all (halving a float is exact: the same numbers as a sigmoid of the whole).
+        order = np.r_[0:2 * n, 3 * n:4 * n, 2 * n:3 * n]
+        half = np.r_[np.full(3 * n, 0.5, np.float32), np.ones(n, np.float32)]
+        self.layers = [(np.ascontiguousarray(wk[order] * half[:, None]), bk[order] * half) for wk, bk in w["layers"]]
+        w0, n_in = self.layers[0][0], cfg.n_inputs
         self._w_in = np.ascontiguousarray(w0[:, :n_in].T)  # (inputs, 4 * hidden)
         self._w_rec0 = np.ascontiguousarray(w0[:, n_in:])  # (4 * hidden, hidden)
         self.head_w, self.head_b = w["head"]
         self.nade = w.get("nade")
-        # The NADE's output weights as one (pitches * states, hidden) matrix: a pass is one mat-vec.
-        self._nade_v = None if self.nade is None else np.ascontiguousarray(
-            self.nade[3].reshape(-1, self.nade[3].shape[-1]))
+        if self.nade is not None:
+            # The NADE in float64 (its sums decide the draws), its hidden pre-activation kept halved (a sigmoid
+            # is then a tanh), and its outputs as log-odds of each sounding state against silence: a pass is
+            # one mat-vec onto (pitches * (states - 1)) log-odds, and a pitch sounds when they beat a
+            # threshold made once from its uniform (``_limits``).
+            wc, bc, nw, v = (np.asarray(t, np.float64) for t in self.nade)
+            dv = v[:, 1:] - v[:, :1]  # (n, states - 1, nade_hidden)
+            self._nade_c, self._nade_cb, self._nade_w = wc * 0.5, bc * 0.5, nw * 0.5
+            self._odds_v = np.ascontiguousarray(0.5 * dv.reshape(-1, dv.shape[-1]))
+            self._odds_c = 0.5 * dv.sum(-1)  # the tanh's "+ 1" of every sigmoid, once
+            self._scaled = (1.0, self._odds_v)  # (1 / temperature, _odds_v / temperature) for the last temperature
         self.intervals = w.get("intervals")  # (n, n, K) or None
         # The key biases as one matrix on the memories' input columns (``_key_rows``), or None.
         self.key_bias = self._key_rows = None
         if w.get("key_bias") is not None:
-            n, k = self.cfg.n_pitches, self.cfg.states
-            self._key_rows = np.concatenate([np.arange(self.cfg.n_inputs)[cols] for cols in w["memory_columns"]])
+            p, k = cfg.n_pitches, cfg.states
+            self._key_rows = np.concatenate([np.arange(cfg.n_inputs)[cols] for cols in w["memory_columns"]])
             self.key_bias = np.ascontiguousarray(np.concatenate(  # share of class c -> (p, state)
-                [bias.transpose(1, 0, 2).reshape(12, n * k) for bias in w["key_bias"]]), np.float32)
+                [bias.transpose(1, 0, 2).reshape(12, p * k) for bias in w["key_bias"]]), np.float32)
         self.x: np.ndarray | None = None  # the last input, for the key bias
         self.reset()
 
@@ -368,17 +384,21 @@ class NumpyLSTM:
                 # The first layer's input is mostly zeros (a few notes, one bar position): only the
                 # columns of its non-zero entries are multiplied, from a transposed copy (contiguous rows).
                 nz = np.flatnonzero(x)
-                gates = x[nz] @ self._w_in[nz] + self._w_rec0 @ self.h[0] + b
+                gates = x[nz] @ self._w_in[nz]
+                gates += self._w_rec0 @ self.h[0]
             else:
-                gates = w @ np.concatenate([x, self.h[k]]) + b
-            # PyTorch's gate order: input, forget, cell candidate, output.
-            i = _sigmoid(gates[:n])
-            f = _sigmoid(gates[n: 2 * n])
-            g = np.tanh(gates[2 * n: 3 * n])
-            o = _sigmoid(gates[3 * n:])
-            self.c[k] = f * self.c[k] + i * g
-            self.h[k] = o * np.tanh(self.c[k])
-            x = self.h[k]
+                gates = w @ np.concatenate([x, self.h[k]])
+            gates += b
+            t = np.tanh(gates, out=gates)
+            s = t[:3 * n]
+            s *= 0.5
+            s += 0.5  # input, forget and output gates (sigmoids), then the cell candidate t[3n:]
+            c = s[n: 2 * n] * self.c[k]
+            c += s[:n] * t[3 * n:]
+            self.c[k] = c
+            x = np.tanh(c)
+            x *= s[2 * n: 3 * n]
+            self.h[k] = x
         return x
 
     def logits(self, h: np.ndarray) -> np.ndarray:
@@ -390,7 +410,8 @@ class NumpyLSTM:
         """Draw every pitch's state for one step -> int (n_pitches,).
 
         u: uniform draws, one per pitch (inverse-CDF sampling, so a seed fixes the result).
-        banned: bool (n_pitches, states), states not allowed here (e.g. "held" for a silent pitch).
+        banned: bool (n_pitches, states), states not allowed here (e.g. "held" for a silent pitch); silence
+            is always allowed.
         player: bool (n_pitches,), the player's notes at the previous step (for the interval bias).
         bias: float (n_pitches, states) added to the logits (e.g. the generator's hold on the key), or None.
         With the NADE head each pitch's distribution depends on the states chosen below it.
@@ -398,9 +419,10 @@ class NumpyLSTM:
         return self.draw(self.step_logits(h, player, bias), u, temperature, banned)
 
     def step_logits(self, h: np.ndarray, player: np.ndarray | None = None,
-                    bias: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """What every draw of this step starts from: the logits before the NADE's part, and the NADE's
-        hidden pre-activation (None for the independent head). Several draws of one step share it."""
+                    bias: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
+        """What every draw of this step starts from: the logits before the NADE's part, and (NADE head) those
+        as log-odds against silence, the NADE's halved hidden pre-activation and the log-odds its first pass
+        gives (None for the independent head). Several draws of one step share it."""
         b = self.logits(h).astype(np.float64)
         if self.intervals is not None and player is not None and player.any():
             b += self.intervals[:, player].sum(axis=1) * (PLAYER_NOTES_MOST / max(PLAYER_NOTES_MOST, player.sum()))
@@ -410,80 +432,78 @@ class NumpyLSTM:
             b += bias
         if self.nade is None:
             return b, None
-        wc, bc, _, _ = self.nade
-        a = (wc @ h + bc).astype(np.float64)  # hidden pre-activation seen by the lowest pitch
+        a = self._nade_c @ h + self._nade_cb  # half the hidden pre-activation seen by the lowest pitch
+        odds = b[:, 1:] - b[:, :1] + self._odds_c
         # Every draw's first pass (from the lowest pitch up to its first note) sees this same layer.
-        return b, (a, b + (self._nade_v @ _sigmoid(a)).reshape(b.shape))
+        return b, (odds, a, odds + (self._odds_v @ np.tanh(a)).reshape(odds.shape))
 
-    def draw(self, start: tuple[np.ndarray, np.ndarray | None], u: np.ndarray, temperature: float,
-             banned: np.ndarray) -> np.ndarray:
+    def _odds_for(self, start: tuple, temperature: float, banned: np.ndarray) -> tuple:
+        """A step's log-odds (all pitches; the first pass) over the temperature, banned states at -inf, and the
+        NADE's output weights over the temperature (cached for the last temperature)."""
+        inv = 1.0 / temperature if temperature > 0 else 1.0  # greedy: only the signs matter
+        if self._scaled[0] != inv:
+            self._scaled = (inv, self._odds_v * inv)
+        odds, _, first = start[1]
+        ban = banned[:, 1:]
+        return np.where(ban, -np.inf, odds) * inv, np.where(ban, -np.inf, first) * inv, self._scaled[1]
+
+    def draw(self, start: tuple, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
         """One draw of a step's states from ``step_logits``' result."""
-        b, first = start
-        if first is None:
+        b, nade = start
+        if nade is None:
             return _draw(b, u, temperature, banned)
-        a, logits = first
-        nw = self.nade[2]
-        n, k = self.cfg.n_pitches, self.cfg.states
+        odds, d, v = self._odds_for(start, temperature, banned)
+        a, nw = nade[1], self._nade_w
+        n, k1 = self.cfg.n_pitches, self.cfg.states - 1
+        limit = _limits(u, temperature)
         state = np.zeros(n, np.int64)
         i = 0
-        b = np.where(banned, -np.inf, b)  # banned once for every pass (each pass adds finite terms to b)
-        logits = np.where(banned, -np.inf, logits)
-        # Silent pitches add nothing to the hidden layer, so between two sounding pitches every
-        # pitch sees the same hidden layer: compute all their logits in one go, draw them all,
-        # and only go again from the first pitch that sounds. Cost ~ (voices + 1) passes, not n.
-        while i < n:
-            if i:
-                logits = b[i:] + (self._nade_v[i * k:] @ _sigmoid(a)).reshape(n - i, k)
-            drawn = _draw(logits, u[i:], temperature)
-            on = np.flatnonzero(drawn)
-            if on.size == 0:
-                break
-            j = i + on[0]
-            state[j] = drawn[on[0]]
-            a = a + nw[j, state[j] - 1]
-            i = j + 1
-        return state
-
-
-    def draw_many(self, start: tuple[np.ndarray, np.ndarray | None], u: np.ndarray, temperature: float,
-                  banned: np.ndarray) -> np.ndarray:
-        """Several draws of one step at once, row r of the result the same as ``draw(start, u[r], ...)``:
-        the draws go through the NADE side by side, so a pass serves all of them (passes ~ the most voices
-        of any draw + 1, not their sum)."""
-        b, first = start
-        if first is None:
-            return np.stack([_draw(b, row, temperature, banned) for row in u])
-        a0, logits = first
-        nw, v = self.nade[2], self._nade_v
-        n, k = self.cfg.n_pitches, self.cfg.states
-        m = len(u)
-        state = np.zeros((m, n), np.int64)
-        b = np.where(banned, -np.inf, b)
-        # The first pass is the same for all (at temperature 0 it does not depend on u: one row for all).
-        drawn = np.broadcast_to(_draw(np.where(banned, -np.inf, logits), u, temperature), (m, n))
-        a = np.repeat(a0[None], m, axis=0)
-        pos = np.zeros(m, np.int64)  # each draw's next pitch to draw
-        live = np.arange(m)  # the draws not finished
-        lo = 0
+        # Silent pitches add nothing to the hidden layer, so between two sounding pitches every pitch sees the
+        # same hidden layer: one pass gives all their log-odds, and the next starts after the first pitch that
+        # sounds. Cost ~ (voices + 1) passes, not n.
         while True:
-            # Each live draw's first sounding pitch at or above its own position (pitches below it, drawn here
-            # only because another draw is further down, are ignored).
-            on = (drawn != 0) & (np.arange(lo, n) >= pos[live, None])
-            has = on.any(axis=1)
-            j = on.argmax(axis=1)
-            live, j, got = live[has], j[has] + lo, drawn[has, j[has]]
-            if live.size == 0:
+            on = _sounding(d, limit[i:], temperature)
+            j = int(on.argmax())
+            if not on[j]:
                 return state
-            state[live, j] = got
-            a[live] += nw[j, got - 1]
-            pos[live] = j + 1
-            keep = j + 1 < n
-            live = live[keep]
-            if live.size == 0:
+            s = int(_which(d[j:j + 1], limit[i + j: i + j + 1], temperature)[0])
+            j += i
+            state[j] = s
+            i = j + 1
+            if i == n:
                 return state
-            lo = int(pos[live].min())
-            logits = b[lo:] + (_sigmoid(a[live]) @ v[lo * k:].T).reshape(len(live), n - lo, k)
-            drawn = _draw(logits, u[live, lo:], temperature)
+            a = a + nw[j, s - 1]
+            d = odds[i:] + (v[i * k1:] @ np.tanh(a)).reshape(n - i, k1)
+
+
+def _limits(u: np.ndarray, temperature: float) -> np.ndarray:
+    """The log-odds (over the temperature) of sounding against silence at or above which a pitch with uniform u
+    sounds: inverse-CDF sampling with silence first, log((1 - u) / u). Greedy (0): anything above 0."""
+    if temperature == 0:
+        return np.full(u.shape, np.nextafter(0.0, 1.0))
+    with np.errstate(divide="ignore"):  # u = 0: never sounds
+        return np.log1p(-u) - np.log(u)
+
+
+def _sounding(d: np.ndarray, limit: np.ndarray, temperature: float) -> np.ndarray:
+    """bool (..., n): which pitches sound, from their log-odds d (..., n, states - 1) against ``_limits``."""
+    if d.shape[-1] == 1:
+        return d[..., 0] >= limit
+    # Three states: the log-odds of either sounding state (held or struck) against silence; a greedy draw
+    # takes the likelier one.
+    join = np.maximum if temperature == 0 else np.logaddexp
+    return join(d[..., 0], d[..., 1]) >= limit
+
+
+def _which(d: np.ndarray, limit: np.ndarray, temperature: float) -> np.ndarray:
+    """The state (1, or 1 = held / 2 = struck) of sounding pitches with log-odds d (r, states - 1) and limits
+    (r,): the same inverse-CDF draw, past silence and then past held."""
+    if d.shape[-1] == 1:
+        return np.ones(len(d), np.int64)
+    if temperature == 0:
+        return np.where(d[:, 1] > d[:, 0], 2, 1)
+    # Struck beats held and silence together: log p(struck) - log(p(silent) + p(held)) >= log((1 - u) / u).
+    return np.where(d[:, 1] - np.logaddexp(0.0, d[:, 0]) >= limit, 2, 1)
 
 
 def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray | None = None) -> np.ndarray:
@@ -497,10 +517,6 @@ def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndar
     z -= z.max(axis=-1, keepdims=True)
     cum = np.cumsum(np.exp(z, out=z), axis=-1)
     return (u[..., None] * cum[..., -1:] >= cum[..., :-1]).sum(axis=-1)
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * z) + 1.0)  # overflow-free form of 1 / (1 + e^-z)
 
 
 def widen(old: BachLSTM, cfg: ModelConfig) -> BachLSTM:
