@@ -7,6 +7,7 @@ No I/O and no clock: the conductor (live) or ``generate`` (offline) decides when
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -178,9 +179,9 @@ class StreamingGenerator:
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
         self.level: float | None = None  # the player's dynamics, once heard
         self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
-        # Its last COPY_STEPS - 1 frames (onsets, sounds), oldest first, and a last row for the draw being
-        # checked: the copy check's window without building it anew for every draw.
-        self._window = np.zeros((2, COPY_STEPS, N_MIDI), bool)
+        # Its last COPY_STEPS - 1 frames as ``analysis.step_bits``, oldest first: the copy check's window, made
+        # once per step.
+        self._frames: deque = deque(maxlen=COPY_STEPS - 1)
         self._sounding_run = 0  # steps in a row up to now on which it sounded something
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
@@ -224,8 +225,8 @@ class StreamingGenerator:
         out = self._stabilise(out) if play else out
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
-        self._window[:, :-2] = self._window[:, 1:-1]
-        self._window[0, -2], self._window[1, -2] = out.onset, out.sound
+        if self.copies is not None:
+            self._frames.extend(analysis.step_bits(out.onset[None], out.sound[None]))
         self._sounding_run = self._sounding_run + 1 if out.sound.any() else 0
         self.step_index += 1
         return out
@@ -305,13 +306,7 @@ class StreamingGenerator:
         """Would this frame complete a passage of COPY_STEPS steps found verbatim in the training music?"""
         if self.copies is None or self._sounding_run < COPY_STEPS - 1 or not sound.any():
             return False  # a copy has no silent step in it
-        window = self._window
-        window[0, -1], window[1, -1] = onset, sound
-        key = analysis.window_key(window[0], window[1])
-        if key is None:
-            return False
-        i = int(np.searchsorted(self.copies, key))
-        return i < len(self.copies) and int(self.copies[i]) == key
+        return analysis.passage_key([*self._frames, *analysis.step_bits(onset[None], sound[None])]) in self.copies
 
     def _voice_faults(self, sound: np.ndarray) -> int:
         """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves

@@ -618,8 +618,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
     # Trained on four-part writing: its notes can be led and told apart as soprano, alto, tenor and bass.
     # Checkpoints from before this was written down say so by what they were trained on.
     described = str(ckpt.get("trained_on", ""))
-    copies = ckpt.get("copy_keys")
-    model.copy_keys = np.sort(copies.numpy().astype(np.int64)) if isinstance(copies, torch.Tensor) else None
+    # Fingerprints of every bar of its training music (``analysis.passage_key``), which it never plays verbatim.
+    # ("copy_keys", written for a day by an earlier kind of fingerprint, are not read: ``train --resume``
+    # writes the new kind.)
+    copies = ckpt.get("passage_keys")
+    model.copy_keys = frozenset(copies.tolist()) if isinstance(copies, torch.Tensor) else None
     model.four_part = bool(ckpt.get("four_part", "Bach chorales" in described and "MIDI files" not in described
                                     and cfg.steps_per_beat == 4))
     return model, ckpt

@@ -6,7 +6,6 @@ improviser plays (e.g. that it answers in the player's key).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterable
 
@@ -133,29 +132,47 @@ def profiles(grids: list[Grid]) -> dict[str, np.ndarray]:
 COPY_STEPS = 16  # a bar of 4/4 in 16th notes: what "a verbatim copy of a training bar" is measured on
 
 
-def window_key(onset: np.ndarray, sound: np.ndarray) -> int | None:
-    """A transposition-free fingerprint of a passage (bool (T, 128) each), or None if a step of it is silent.
+# A passage's fingerprint is a polynomial hash of its frames as integers, modulo a Mersenne prime, cut to 64 bits.
+_KEY_MOD = (1 << 127) - 1
+_KEY_MUL = 0x9E3779B97F4A7C15
 
-    The passage is moved down so its lowest note is pitch 0, so the same passage in any key has the same
-    key; steps where nothing sounds are never part of a copy (as in ``CopyFinder``).
-    """
-    if not sound.any(axis=1).all():
-        return None
-    low = int(sound.any(axis=0).argmax())  # the lowest pitch sounding in it (every step sounds)
-    moved = np.zeros((len(sound), 2, sound.shape[1]), bool)
-    moved[:, 0, :sound.shape[1] - low] = onset[:, low:]
-    moved[:, 1, :sound.shape[1] - low] = sound[:, low:]
-    packed = np.packbits(moved.reshape(len(sound), -1), axis=1)
-    return int.from_bytes(hashlib.blake2b(packed.tobytes() + bytes([len(onset)]), digest_size=8).digest(),
-                          "little", signed=True)
+
+def step_bits(onset: np.ndarray, sound: np.ndarray) -> list[tuple[int, int]]:
+    """Each step's frame (bool (T, P) each) as two Python ints, which pitches start and which sound (bit p:
+    pitch p): what passage fingerprints are made of, made once per step."""
+    on = np.packbits(onset, axis=-1, bitorder="little")
+    so = np.packbits(sound, axis=-1, bitorder="little")
+    return [(int.from_bytes(a.tobytes(), "little"), int.from_bytes(b.tobytes(), "little")) for a, b in zip(on, so)]
+
+
+def passage_key(steps: list[tuple[int, int]]) -> int | None:
+    """A transposition-free fingerprint (int64) of a passage given as ``step_bits``, or None if a step of it
+    is silent: the passage is moved down so its lowest note is pitch 0, so the same passage in any key has
+    the same key; steps where nothing sounds are never part of a copy (as in ``CopyFinder``)."""
+    low = 1 << 200
+    for _, sound in steps:
+        if not sound:
+            return None
+        low = min(low, sound & -sound)  # the lowest sounding pitch's bit
+    shift = low.bit_length() - 1
+    k = len(steps)
+    for onset, sound in steps:
+        k = ((k * _KEY_MUL + (onset >> shift)) * _KEY_MUL + (sound >> shift)) % _KEY_MOD
+    return (k & 0xFFFF_FFFF_FFFF_FFFF) - (1 << 63)
+
+
+def window_key(onset: np.ndarray, sound: np.ndarray) -> int | None:
+    """``passage_key`` of a passage given as bool arrays (T, P) each."""
+    return passage_key(step_bits(onset, sound))
 
 
 def passage_keys(grids: Iterable[Grid], length: int = COPY_STEPS) -> np.ndarray:
-    """Sorted int64 fingerprints (``window_key``) of every passage of ``length`` steps of ``grids``."""
+    """Sorted int64 fingerprints (``passage_key``) of every passage of ``length`` steps of ``grids``."""
     keys = set()
     for g in grids:
-        for i in range(len(g) - length + 1):
-            k = window_key(g.onset[i:i + length], g.sound[i:i + length])
+        steps = step_bits(g.onset, g.sound)
+        for i in range(len(steps) - length + 1):
+            k = passage_key(steps[i:i + length])
             if k is not None:
                 keys.add(k)
     return np.array(sorted(keys), np.int64)
