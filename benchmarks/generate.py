@@ -6,16 +6,27 @@ beside our generator (one step per 16th note, numpy stepping) on one core.
 
     python benchmarks/generate.py [--seconds 30] [--bpm 100] [--repeats 5] [--checkpoint P] [--previous P]
 
---previous times another checkpoint's steps in the same run (e.g. the model before listening
-models: ``git show cc27054:checkpoints/bach.pt > old.pt``), so the two compare on the same machine.
+Others timed per step in the same process, in alternating blocks of 200 steps so all meet the same load:
+  --previous P        another checkpoint with this code (e.g. the model before listening models:
+                      ``git show cc27054:checkpoints/bach.pt > old.pt``);
+  --previous-code REV the code *and* the checkpoint of git revision REV (e.g. main before the voice leading,
+                      53506bb), loaded beside this code as a package of its own;
+  --ablate            this checkpoint with the voice leading and the copy check turned off (what they cost).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import io
 import math
 import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -44,10 +55,8 @@ def original_approach(n_steps: int, vocab: int = 128, seed: int = 0) -> list[flo
     return times
 
 
-def ours_per_step(model, n_steps: int, previous=None, block: int = 200) -> tuple[list[float], list[float]]:
-    """Per-step times of ``model`` (and of ``previous``, in alternating blocks of ``block`` steps, so both
-    meet the same moments of the machine's load)."""
-    gens = [StreamingGenerator(m, temperature=0.9, seed=0) for m in (model, previous) if m is not None]
+def per_step(gens: list, n_steps: int, block: int = 200) -> list[list[float]]:
+    """Per-step times of each generator, in alternating blocks of ``block`` steps (so all meet the same load)."""
     times: list[list[float]] = [[] for _ in gens]
     for _ in range(0, n_steps, block):
         for gen, out in zip(gens, times):
@@ -55,7 +64,23 @@ def ours_per_step(model, n_steps: int, previous=None, block: int = 200) -> tuple
                 t0 = time.perf_counter()
                 gen.step()
                 out.append(time.perf_counter() - t0)
-    return times[0], times[1] if previous is not None else []
+    return times
+
+
+def code_at(rev: str, into: Path):
+    """The improviser package and shipped checkpoint of git revision ``rev``, importable as a package of its own
+    (the package imports itself relatively). Returns (its generator module, its model)."""
+    root = Path(__file__).resolve().parents[1]
+    blob = subprocess.run(["git", "-C", str(root), "archive", rev, "improviser", "checkpoints/bach.pt"],
+                          capture_output=True, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        tar.extractall(into, filter="data")
+    name = f"improviser_{rev}"
+    (into / "improviser").rename(into / name)
+    sys.path.insert(0, str(into))
+    gen_mod = importlib.import_module(f"{name}.model.generator")
+    net_mod = importlib.import_module(f"{name}.model.network")
+    return gen_mod, net_mod.load_checkpoint(into / "checkpoints" / "bach.pt")[0]
 
 
 def main() -> None:
@@ -65,6 +90,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--previous", default=None, help="another checkpoint to time in the same run")
+    ap.add_argument("--previous-code", default=None, metavar="REV",
+                    help="the code and checkpoint of a git revision, timed in the same run")
+    ap.add_argument("--ablate", action="store_true",
+                    help="also time this checkpoint with voice leading and the copy check off")
+    ap.add_argument("--steps", type=int, default=4000, help="steps timed per generator")
     args = ap.parse_args()
     torch.set_num_threads(1)
     threadpool_limits(1)  # numpy's BLAS too: one core
@@ -78,8 +108,21 @@ def main() -> None:
         t0 = time.perf_counter()
         generate(model, n_steps, temperature=0.9, seed=r)
         whole.append(time.perf_counter() - t0)
-    previous = load_checkpoint(args.previous)[0] if args.previous else None
-    ours, prev = (np.array(t) * 1e3 for t in ours_per_step(model, 4000, previous))
+    others = []  # (label, generator) timed beside ours
+    if args.previous:
+        others.append((args.previous, StreamingGenerator(load_checkpoint(args.previous)[0], temperature=0.9, seed=0)))
+    if args.ablate:
+        plain = StreamingGenerator(model, temperature=0.9, seed=0, voicing=False)
+        plain.copies = None
+        others.append(("this checkpoint, voice leading and copy check off", plain))
+    tmp = tempfile.TemporaryDirectory()
+    if args.previous_code:
+        gen_mod, old_model = code_at(args.previous_code, Path(tmp.name))
+        others.append((f"code and checkpoint of {args.previous_code}",
+                       gen_mod.StreamingGenerator(old_model, temperature=0.9, seed=0)))
+    ours_gen = StreamingGenerator(model, temperature=0.9, seed=0)
+    timed = [np.array(t) * 1e3 for t in per_step([ours_gen] + [g for _, g in others], args.steps)]
+    ours = timed[0]
     base_steps = int(args.seconds * 100)
     t0 = time.perf_counter()
     base = np.array(original_approach(base_steps)) * 1e3
@@ -94,10 +137,15 @@ def main() -> None:
     print(f"{'per step, p99 (ms)':28}{np.percentile(ours, 99):12.3f}{np.percentile(base, 99):12.3f}"
           f"{np.percentile(base, 99) / np.percentile(ours, 99):8.1f}x")
     print(f"{'faster than real time':28}{args.seconds / ours_total:11.0f}x{args.seconds / base_total:11.0f}x")
-    if args.previous:
-        print(f"{args.previous}: per step median {np.median(prev):.3f} ms, p99 {np.percentile(prev, 99):.3f} ms "
-              f"(this checkpoint / it: {np.median(ours) / np.median(prev):.2f}x, "
-              f"{np.percentile(ours, 99) / np.percentile(prev, 99):.2f}x)")
+    if others:
+        print(f"per step, timed in alternating blocks ({args.steps} steps each):")
+        print(f"  {'':52}{'median':>8}{'p99':>8}   ours / it")
+        print(f"  {'ours':52}{np.median(ours):8.3f}{np.percentile(ours, 99):8.3f}")
+        for (label, _), t in zip(others, timed[1:]):
+            print(f"  {label:52}{np.median(t):8.3f}{np.percentile(t, 99):8.3f}   "
+                  f"{np.median(ours) / np.median(t):.2f}x median, "
+                  f"{np.percentile(ours, 99) / np.percentile(t, 99):.2f}x p99")
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

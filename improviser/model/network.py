@@ -24,6 +24,7 @@ Two output heads:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -155,19 +156,26 @@ def input_columns(cfg: ModelConfig) -> dict[str, slice]:
     own_onset, own_sound: its own last frame; bar: the bar position (one-hot); then, for a
     listening model, player_onset, player_sound: the player's last frame, and memory,
     player_memory: the key memories (KEY_FEATURES each: 12 pitch-class shares, then fullness).
+    (Read on every step, so made once per layout.)
     """
-    sizes = [("own_onset", cfg.n_pitches), ("own_sound", cfg.n_pitches), ("bar", cfg.bar_slots)]
-    if cfg.player_input:
-        sizes += [("player_onset", cfg.n_pitches), ("player_sound", cfg.n_pitches)]
-    if cfg.key_memory:
+    return dict(_columns(cfg.n_pitches, cfg.bar_slots, cfg.player_input, cfg.key_memory, cfg.player_key_memory))
+
+
+@functools.lru_cache(maxsize=16)
+def _columns(n_pitches: int, bar_slots: int, player_input: bool, key_memory: bool,
+             player_key_memory: bool) -> tuple[tuple[str, slice], ...]:
+    sizes = [("own_onset", n_pitches), ("own_sound", n_pitches), ("bar", bar_slots)]
+    if player_input:
+        sizes += [("player_onset", n_pitches), ("player_sound", n_pitches)]
+    if key_memory:
         sizes.append(("memory", KEY_FEATURES))
-    if cfg.player_key_memory:
+    if player_key_memory:
         sizes.append(("player_memory", KEY_FEATURES))
-    cols, at = {}, 0
+    cols, at = [], 0
     for name, size in sizes:
-        cols[name] = slice(at, at + size)
+        cols.append((name, slice(at, at + size)))
         at += size
-    return cols
+    return tuple(cols)
 
 
 def frame_features(onset: np.ndarray, sound: np.ndarray, bar_pos: np.ndarray, cfg: ModelConfig,
@@ -466,7 +474,7 @@ class NumpyLSTM:
             j = int(on.argmax())
             if not on[j]:
                 return state
-            s = int(_which(d[j:j + 1], limit[i + j: i + j + 1], temperature)[0])
+            s = _which(d[j], float(limit[i + j]), temperature)
             j += i
             state[j] = s
             i = j + 1
@@ -495,15 +503,16 @@ def _sounding(d: np.ndarray, limit: np.ndarray, temperature: float) -> np.ndarra
     return join(d[..., 0], d[..., 1]) >= limit
 
 
-def _which(d: np.ndarray, limit: np.ndarray, temperature: float) -> np.ndarray:
-    """The state (1, or 1 = held / 2 = struck) of sounding pitches with log-odds d (r, states - 1) and limits
-    (r,): the same inverse-CDF draw, past silence and then past held."""
-    if d.shape[-1] == 1:
-        return np.ones(len(d), np.int64)
+def _which(d: np.ndarray, limit: float, temperature: float) -> int:
+    """The state (1, or 1 = held / 2 = struck) of a sounding pitch with log-odds d (states - 1,) and its limit:
+    the same inverse-CDF draw, past silence and then past held. In plain floats: a pass decides one pitch."""
+    if len(d) == 1:
+        return 1
+    held, struck = float(d[0]), float(d[1])
     if temperature == 0:
-        return np.where(d[:, 1] > d[:, 0], 2, 1)
+        return 2 if struck > held else 1
     # Struck beats held and silence together: log p(struck) - log(p(silent) + p(held)) >= log((1 - u) / u).
-    return np.where(d[:, 1] - np.logaddexp(0.0, d[:, 0]) >= limit, 2, 1)
+    return 2 if struck - (max(held, 0.0) + math.log1p(math.exp(-abs(held)))) >= limit else 1
 
 
 def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray | None = None) -> np.ndarray:
