@@ -78,8 +78,9 @@ def code_at(rev: str, into: Path):
     name = f"improviser_{rev}"
     (into / "improviser").rename(into / name)
     sys.path.insert(0, str(into))
-    gen_mod = importlib.import_module(f"{name}.model.generator")
-    net_mod = importlib.import_module(f"{name}.model.network")
+    layered = (into / name / "model").is_dir()  # (before the layers were folders: generator.py, model.py)
+    gen_mod = importlib.import_module(f"{name}.model.generator" if layered else f"{name}.generator")
+    net_mod = importlib.import_module(f"{name}.model.network" if layered else f"{name}.model")
     return gen_mod, net_mod.load_checkpoint(into / "checkpoints" / "bach.pt")[0]
 
 

@@ -139,7 +139,7 @@ def test_draws_are_the_models_own_draws(model):
         banned[:, 1:] = rng.random((cfg.n_pitches, cfg.states - 1)) < 0.3
         u = rng.random(cfg.n_pitches)
         for temperature in (0.0, 0.5, 0.9, 1.3):
-            got = net.draw(start, u, temperature, banned)
+            got = net.draw(net.prepare(start, temperature, banned), u)
             assert np.array_equal(got, _reference_draw(model, h, u, temperature, banned))
             sounding += int((got != 0).sum())
             assert not banned[np.arange(cfg.n_pitches), got].any()

@@ -145,6 +145,8 @@ class StreamingGenerator:
         # Fingerprints of every bar-long passage of the training music (``analysis.passage_keys``), from the
         # checkpoint: a draw that would complete one is drawn again, so it never plays a bar of Bach's verbatim.
         self.copies = getattr(model, "copy_keys", None)
+        self.leads = getattr(model, "lead_keys", None) if self.copies is not None else None
+        self._may_copy = False  # this step's draws could complete a copy (its last frames lead into one)
         self._key_seen: tuple = (None, None)  # (the player memory's counts, the key found in them)
         self._bias_for: tuple = (None, None)  # (key, hold) that _per_pitch was made for
         self._per_pitch = np.zeros(model.cfg.n_pitches)
@@ -251,7 +253,9 @@ class StreamingGenerator:
         bias = self._key_bias()
         on_beat = self.step_index % cfg.steps_per_beat == 0
         voicing = self.voicing and on_beat and not self._player.any()
-        tries = self.voice_tries if voicing or self.copies is not None else 1
+        self._may_copy = self.copies is not None and self._sounding_run >= COPY_STEPS - 1 and (
+            self.leads is None or analysis.passage_key(list(self._frames)) in self.leads)
+        tries = self.voice_tries if voicing or self._may_copy else 1
         best = None
         start = self.net.step_logits(h, self._player[lo:hi], bias)
         # From silence the likeliest next step is more silence, and from a held chord holding on, step after
@@ -261,8 +265,9 @@ class StreamingGenerator:
         stuck = not sounding.any() or int(self.age[sounding].min()) >= self.steps_per_bar
         temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
         drawn = []  # (voice-leading faults, onset, sound) of each draw not kept at once, in the order drawn
+        ready = self.net.prepare(start, temperature, banned)
         for _ in range(tries):
-            state = self.net.draw(start, self.rng.random(cfg.n_pitches), temperature, banned)
+            state = self.net.draw(ready, self.rng.random(cfg.n_pitches))
             onset = np.zeros(N_MIDI, bool)
             sound = np.zeros(N_MIDI, bool)
             sound[lo:hi] = state != 0
@@ -292,7 +297,7 @@ class StreamingGenerator:
             # once more with nothing held, so each of its notes is struck again or ends.
             unheld = banned.copy()
             unheld[:, HOLD] = True
-            state = self.net.draw(start, self.rng.random(cfg.n_pitches), temperature, unheld)
+            state = self.net.draw(self.net.prepare(start, temperature, unheld), self.rng.random(cfg.n_pitches))
             best = (0, np.zeros(N_MIDI, bool), np.zeros(N_MIDI, bool))
             best[2][lo:hi] = state != 0
             best[1][lo:hi] = state == ONSET
@@ -304,7 +309,7 @@ class StreamingGenerator:
 
     def _copies(self, onset: np.ndarray, sound: np.ndarray) -> bool:
         """Would this frame complete a passage of COPY_STEPS steps found verbatim in the training music?"""
-        if self.copies is None or self._sounding_run < COPY_STEPS - 1 or not sound.any():
+        if not self._may_copy or not sound.any():
             return False  # a copy has no silent step in it
         return analysis.passage_key([*self._frames, *analysis.step_bits(onset[None], sound[None])]) in self.copies
 

@@ -424,7 +424,7 @@ class NumpyLSTM:
         bias: float (n_pitches, states) added to the logits (e.g. the generator's hold on the key), or None.
         With the NADE head each pitch's distribution depends on the states chosen below it.
         """
-        return self.draw(self.step_logits(h, player, bias), u, temperature, banned)
+        return self.draw(self.prepare(self.step_logits(h, player, bias), temperature, banned), u)
 
     def step_logits(self, h: np.ndarray, player: np.ndarray | None = None,
                     bias: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
@@ -445,23 +445,28 @@ class NumpyLSTM:
         # Every draw's first pass (from the lowest pitch up to its first note) sees this same layer.
         return b, (odds, a, odds + (self._odds_v @ np.tanh(a)).reshape(odds.shape))
 
-    def _odds_for(self, start: tuple, temperature: float, banned: np.ndarray) -> tuple:
-        """A step's log-odds (all pitches; the first pass) over the temperature, banned states at -inf, and the
-        NADE's output weights over the temperature (cached for the last temperature)."""
+    def prepare(self, start: tuple, temperature: float, banned: np.ndarray) -> tuple:
+        """What every draw of a step at one temperature, with the same states banned, shares: (NADE head) the
+        log-odds over the temperature with the banned states at -inf, for all pitches and after the first pass,
+        and the NADE's output weights over the temperature (kept for the last temperature)."""
+        b, nade = start
+        if nade is None:
+            return b, temperature, banned, None
         inv = 1.0 / temperature if temperature > 0 else 1.0  # greedy: only the signs matter
         if self._scaled[0] != inv:
             self._scaled = (inv, self._odds_v * inv)
-        odds, _, first = start[1]
+        odds, a, first = nade
         ban = banned[:, 1:]
-        return np.where(ban, -np.inf, odds) * inv, np.where(ban, -np.inf, first) * inv, self._scaled[1]
+        return b, temperature, banned, (np.where(ban, -np.inf, odds) * inv, np.where(ban, -np.inf, first) * inv,
+                                        self._scaled[1], a)
 
-    def draw(self, start: tuple, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
-        """One draw of a step's states from ``step_logits``' result."""
-        b, nade = start
+    def draw(self, ready: tuple, u: np.ndarray) -> np.ndarray:
+        """One draw of a step's states from ``prepare``'s result, with uniforms u (n_pitches,)."""
+        b, temperature, banned, nade = ready
         if nade is None:
             return _draw(b, u, temperature, banned)
-        odds, d, v = self._odds_for(start, temperature, banned)
-        a, nw = nade[1], self._nade_w
+        odds, d, v, a = nade
+        nw = self._nade_w
         n, k1 = self.cfg.n_pitches, self.cfg.states - 1
         limit = _limits(u, temperature)
         state = np.zeros(n, np.int64)
@@ -630,8 +635,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
     # Fingerprints of every bar of its training music (``analysis.passage_key``), which it never plays verbatim.
     # ("copy_keys", written for a day by an earlier kind of fingerprint, are not read: ``train --resume``
     # writes the new kind.)
-    copies = ckpt.get("passage_keys")
+    copies, leads = ckpt.get("passage_keys"), ckpt.get("lead_keys")
     model.copy_keys = frozenset(copies.tolist()) if isinstance(copies, torch.Tensor) else None
+    # ...and of every passage a step shorter: a step whose last COPY_STEPS - 1 frames are none of these cannot
+    # complete a copy, whatever is drawn (so most steps check once, not every draw).
+    model.lead_keys = frozenset(leads.tolist()) if isinstance(leads, torch.Tensor) else None
     model.four_part = bool(ckpt.get("four_part", "Bach chorales" in described and "MIDI files" not in described
                                     and cfg.steps_per_beat == 4))
     return model, ckpt

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from ..music.analysis import passage_keys
+from ..music.analysis import COPY_STEPS, passage_keys
 from ..music.encoding import Grid
 from .data import Piece
 from .network import (
@@ -310,7 +310,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         history = list(ckpt.get("history", []))
         bad_epochs = int(ckpt.get("bad_epochs", 0))
         opt_state = ckpt.get("optimizer")
-        for kept in ("key_profiles", "four_part", "passage_keys"):
+        for kept in ("key_profiles", "four_part", "passage_keys", "lead_keys"):
             if kept in ckpt:
                 info_extra[kept] = ckpt[kept]
         model.train()
@@ -346,6 +346,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     if "passage_keys" not in info_extra and mcfg.steps_per_beat == 4:
         # What the generator must never play verbatim: every bar-long passage of the training pieces.
         info_extra["passage_keys"] = torch.from_numpy(passage_keys(p.grid for p in train_pieces))
+        info_extra["lead_keys"] = torch.from_numpy(passage_keys((p.grid for p in train_pieces), COPY_STEPS - 1))
     info_base = {**info_extra, "trained_on": description, "n_train_pieces": len(train_pieces),
                  "n_valid_pieces": len(valid_pieces), "n_train_steps": n_train_steps,
                  "train_config": asdict(cfg), "n_params": model.n_params()}
