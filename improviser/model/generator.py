@@ -350,12 +350,14 @@ class StreamingGenerator:
             pitches = np.arange(cfg.low, cfg.low + cfg.n_pitches)
             self._per_pitch = self.key_hold * key_leaning(*key)[pitches % 12]
             self._bias_for = (key, self.key_hold)
-        bias = np.zeros((cfg.n_pitches, cfg.states))
+            self._onset_bias = np.zeros((cfg.n_pitches, cfg.states))
+            self._onset_bias[:, -1] = self._per_pitch
         if cfg.states == 3:
-            bias[:, ONSET] = self._per_pitch
-        else:  # sounding: only a note that is not already sounding starts here
-            fresh = ~self.last.sound[cfg.low: cfg.low + cfg.n_pitches]
-            bias[fresh, 1] = self._per_pitch[fresh]
+            return self._onset_bias  # (read, never written, by the model)
+        # Two states (sounding): only a note that is not already sounding starts here.
+        bias = np.zeros((cfg.n_pitches, cfg.states))
+        fresh = ~self.last.sound[cfg.low: cfg.low + cfg.n_pitches]
+        bias[fresh, 1] = self._per_pitch[fresh]
         return bias
 
     def _clashes(self) -> np.ndarray:
