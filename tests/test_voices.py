@@ -130,3 +130,27 @@ def test_evaluate_harmony_prints_the_table():
     r = cli("evaluate", "--harmony", "--pieces", 2, "--seconds", 5)
     assert r.exit_code == 0, r.output
     assert "parallel 5ths/8ves" in r.stdout and "Bach (held-out chorales)" in r.stdout
+
+
+def test_accompanying_the_players_line_is_one_of_the_four_voices(model):
+    """Accompanying 16 held-out folk tunes live (virtual clock), it leads its voices around the tune's note: the
+    tune and its notes together make common chords on more beats and four voices more often than when it
+    leads only its own notes, and fit the tune no worse (60 tunes, `evaluate --listening`: common chords
+    51 % vs 40 %, parallels 10.5 vs 24.8 per 100 changes)."""
+    from improviser.live.audition import accompaniment
+    from improviser.music.listening_metrics import consonance, consonance_summary
+    from improviser.music.melodies import load_heldout_melodies, place
+
+    rng = np.random.default_rng(0)
+    tunes = [place(m, rng) for m in load_heldout_melodies(16, 0)]
+    texture, fit = {True: [], False: []}, {True: [], False: []}
+    for i, m in enumerate(tunes):
+        for voice in (True, False):
+            heard, own = accompaniment(model, m, i, voice_with_player=voice)
+            texture[voice].append(harmony_counts(heard.sound | own.sound))
+            fit[voice].append(consonance(heard, own))
+    led, alone = harmony_summary(texture[True]), harmony_summary(texture[False])
+    print(led, alone)
+    assert led["common_chords"] >= alone["common_chords"] + 0.04
+    assert led["four_notes"] > alone["four_notes"] and led["changes"] > alone["changes"]
+    assert consonance_summary(fit[True])["consonant_share"] >= consonance_summary(fit[False])["consonant_share"] - 0.02

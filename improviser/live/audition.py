@@ -67,16 +67,19 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
     from ..model.data import load_bach_chorales, split
     from ..model.generator import StreamingGenerator
     from ..model.generator import generate as free
+    from ..music.harmony_metrics import harmony_counts, harmony_summary
     from ..music.listening_metrics import answer_key_shares, bach_reference_consonance, consonance, consonance_summary
     from ..music.melodies import load_heldout_melodies, place
     from .engine import accompany
-    from .recorder import IMPROVISER, PLAYER
+    from .recorder import IMPROVISER
 
     rng = np.random.default_rng(seed)
     tunes = [place(m, rng) for m in load_heldout_melodies(n_melodies, seed)]
     step_s = 60.0 / EVAL_BPM / model.cfg.steps_per_beat
     pairs = {"answer": [], "prime": [], "no phrase": [], "the tune itself": []}
-    acc = {"accompanying": [], "accompanying, no guard": [], "not listening": []}
+    acc = {"accompanying": [], "accompanying, player not a voice": [], "accompanying, no guard": [],
+           "not listening": []}
+    texture = {name: [] for name in acc}  # harmony counts of the tune and its notes together
     for i, m in enumerate(tqdm(tunes, desc="listening", unit="tune", disable=not progress)):
         bar = m.bar_steps
         bpb = max(1, bar // model.cfg.steps_per_beat)
@@ -98,21 +101,40 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
         pairs["no phrase"].append((m.phrase(4), free(model, answer_len, temperature, 1, seed=i, beats_per_bar=bpb)))
         pairs["the tune itself"].append((m.phrase(4), m.continuation(4)))
         # Accompanying its first 8 bars (or as many as it has).
+        for name, guard, voice in (("accompanying", True, True), ("accompanying, player not a voice", True, False),
+                                   ("accompanying, no guard", False, True)):
+            heard, own = accompaniment(model, m, i, temperature, guard=guard, voice_with_player=voice)
+            acc[name].append(consonance(heard, own))
+            texture[name].append(harmony_counts(heard.sound | own.sound, model.cfg.steps_per_beat))
         tune = _on_the_bar(m.phrase(min(8, m.whole_bars)), bar)
-        n_steps = len(tune)
-        for name, guard in (("accompanying", True), ("accompanying, no guard", False)):
-            gen = StreamingGenerator(model, temperature, 1, seed=i, beats_per_bar=bpb, guard=guard)
-            s = accompany(gen, tune, EVAL_BPM, "accompany", extra_beats=0)
-            acc[name].append(consonance(session_grid(s, PLAYER, step_s, n_steps),
-                                        session_grid(s, IMPROVISER, step_s, n_steps)))
-        alone = free(model, n_steps, temperature, 1, seed=i, beats_per_bar=bpb)
+        alone = free(model, len(tune), temperature, 1, seed=i, beats_per_bar=bpb)
         acc["not listening"].append(consonance(tune, alone))
+        texture["not listening"].append(harmony_counts(tune.sound | alone.sound, model.cfg.steps_per_beat))
     _, valid = split(load_bach_chorales(voices=True, progress=progress))
     bach = [bach_reference_consonance(p.voices) for p in valid if p.voices and len(p.voices) == 4]
+    textures = {name: harmony_summary(c) for name, c in texture.items()}
+    textures["Bach: his four parts"] = harmony_summary(harmony_counts(p.grid, model.cfg.steps_per_beat)
+                                                       for p in valid if p.voices and len(p.voices) == 4)
     keys = {name: answer_key_shares(p) for name, p in pairs.items()}
     fits = {name: consonance_summary(c) for name, c in acc.items()}
     fits["Bach: lower voices vs soprano"] = consonance_summary(bach)
-    return {"keys": keys, "consonance": fits, "n_tunes": len(tunes), "n_chorales": len(bach)}
+    return {"keys": keys, "consonance": fits, "texture": textures, "n_tunes": len(tunes), "n_chorales": len(bach)}
+
+
+def accompaniment(model: BachLSTM, melody, seed: int, temperature: float = 0.9, **options) -> tuple[Grid, Grid]:
+    """It accompanies a melody's first 8 bars (or as many as it has), live on a virtual clock: (the melody as
+    heard, its own notes), on the step grid. ``options`` go to the generator (guard, voice_with_player, ...)."""
+    from ..model.generator import StreamingGenerator
+    from .engine import accompany
+    from .recorder import IMPROVISER, PLAYER
+
+    bar = melody.bar_steps
+    tune = _on_the_bar(melody.phrase(min(8, melody.whole_bars)), bar)
+    gen = StreamingGenerator(model, temperature, 1, seed=seed, beats_per_bar=max(1, bar // model.cfg.steps_per_beat),
+                             **options)
+    s = accompany(gen, tune, EVAL_BPM, "accompany", extra_beats=0)
+    step_s = 60.0 / EVAL_BPM / model.cfg.steps_per_beat
+    return session_grid(s, PLAYER, step_s, len(tune)), session_grid(s, IMPROVISER, step_s, len(tune))
 
 
 def format_listening(r: dict) -> list[str]:
@@ -125,4 +147,8 @@ def format_listening(r: dict) -> list[str]:
     for name, c in r["consonance"].items():
         lines.append(f"  {name:32} {c['consonant_share']:10.0%} {c['doubling_share']:10.0%} "
                      f"{c['notes_per_step']:14.2f}")
+    lines += ["the tune and its notes as one texture, on the beat (as --harmony counts four-part writing):",
+              f"  {'':32} {'parallels/100':>14} {'common chords':>14} {'four notes':>11}"]
+    for name, h in r.get("texture", {}).items():
+        lines.append(f"  {name:32} {h['parallels_per_100']:14.1f} {h['common_chords']:14.0%} {h['four_notes']:11.0%}")
     return lines
