@@ -55,14 +55,29 @@ def original_approach(n_steps: int, vocab: int = 128, seed: int = 0) -> list[flo
     return times
 
 
-def per_step(gens: list, n_steps: int, block: int = 200) -> list[list[float]]:
-    """Per-step times of each generator, in alternating blocks of ``block`` steps (so all meet the same load)."""
+TUNE = [72, 74, 76, 77, 79, 77, 76, 74, 72, 71, 72, 74, 76, 76, 74, 74]  # a line in quarter notes (--player)
+
+
+def heard_at(step: int, frame_class, steps_per_beat: int = 4):
+    """What a player sounded at ``step`` of TUNE (a note struck on each beat, held to the next), as a Frame of
+    the generator's own code."""
+    onset, sound = np.zeros(128, bool), np.zeros(128, bool)
+    sound[TUNE[step // steps_per_beat % len(TUNE)]] = True
+    onset[:] = sound if step % steps_per_beat == 0 else False
+    return frame_class(onset, sound, 80)
+
+
+def per_step(gens: list, n_steps: int, block: int = 200, player: bool = False) -> list[list[float]]:
+    """Per-step times of each generator, in alternating blocks of ``block`` steps (so all meet the same load);
+    with ``player``, each hears TUNE as it goes (what it heard is handed to its step, as the live engine does)."""
     times: list[list[float]] = [[] for _ in gens]
-    for _ in range(0, n_steps, block):
+    for start in range(0, n_steps, block):
         for gen, out in zip(gens, times):
-            for _ in range(block):
+            frame_class = sys.modules[type(gen).__module__].Frame
+            for k in range(start, start + block):
+                heard = heard_at(k - 1, frame_class) if player and k else None
                 t0 = time.perf_counter()
-                gen.step()
+                gen.step(heard)
                 out.append(time.perf_counter() - t0)
     return times
 
@@ -96,6 +111,8 @@ def main() -> None:
     ap.add_argument("--ablate", action="store_true",
                     help="also time this checkpoint with voice leading and the copy check off")
     ap.add_argument("--steps", type=int, default=4000, help="steps timed per generator")
+    ap.add_argument("--player", action="store_true",
+                    help="the timed generators accompany a player's line (a note a beat) as they step")
     args = ap.parse_args()
     torch.set_num_threads(1)
     threadpool_limits(1)  # numpy's BLAS too: one core
@@ -122,7 +139,8 @@ def main() -> None:
         others.append((f"code and checkpoint of {args.previous_code}",
                        gen_mod.StreamingGenerator(old_model, temperature=0.9, seed=0)))
     ours_gen = StreamingGenerator(model, temperature=0.9, seed=0)
-    timed = [np.array(t) * 1e3 for t in per_step([ours_gen] + [g for _, g in others], args.steps)]
+    timed = [np.array(t) * 1e3 for t in per_step([ours_gen] + [g for _, g in others], args.steps,
+                                                 player=args.player)]
     ours = timed[0]
     base_steps = int(args.seconds * 100)
     t0 = time.perf_counter()
@@ -139,7 +157,8 @@ def main() -> None:
           f"{np.percentile(base, 99) / np.percentile(ours, 99):8.1f}x")
     print(f"{'faster than real time':28}{args.seconds / ours_total:11.0f}x{args.seconds / base_total:11.0f}x")
     if others:
-        print(f"per step, timed in alternating blocks ({args.steps} steps each):")
+        print(f"per step, timed in alternating blocks ({args.steps} steps each"
+              f"{', accompanying a line' if args.player else ''}):")
         print(f"  {'':52}{'median':>8}{'p99':>8}   ours / it")
         print(f"  {'ours':52}{np.median(ours):8.3f}{np.percentile(ours, 99):8.3f}")
         for (label, _), t in zip(others, timed[1:]):

@@ -23,6 +23,8 @@ MAX_STABILITY = 64  # steps; 4 bars of 16ths
 # than sound a fourth against the tune (measured on held-out tunes: 71 % consonant pairs with the fourth
 # kept off, 63 % without, at 2.05 and 2.25 notes at once).
 CLASH = (1, 2, 5, 6, 10, 11)
+# CLASHES[p, q]: pitches p and q are a CLASH interval apart (plus octaves): read a row per held note.
+CLASHES = np.isin(np.abs(np.arange(N_MIDI)[:, None] - np.arange(N_MIDI)[None, :]) % 12, CLASH)
 GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of held notes would ban every pitch
 # The hold on the key (the key the player set, or --key names): each pitch class's log Krumhansl-Kessler
 # rating (centred on the key's own scale, so the density of notes stays the same) plus a fall of half as
@@ -373,9 +375,7 @@ class StreamingGenerator:
 
     def _clashes(self) -> np.ndarray:
         """bool (128,): pitches a second, fourth, tritone or seventh (or those plus octaves) from a player's note."""
-        held = np.flatnonzero(self._player)
-        d = np.abs(np.arange(N_MIDI)[:, None] - held[None, :]) % 12
-        return np.isin(d, CLASH).any(axis=1)
+        return CLASHES[self._player].any(axis=0)
 
     def _stabilise(self, out: Frame) -> Frame:
         """Keep sounding, unstruck, every note younger than note_stability that the model ended or re-struck."""
