@@ -267,7 +267,6 @@ class StreamingGenerator:
         self._may_copy = self.copies is not None and self._sounding_run >= COPY_STEPS - 1 and (
             self.leads is None or analysis.passage_key(list(self._frames)) in self.leads)
         tries = self.voice_tries if voicing or self._may_copy else 1
-        best = None
         start = self.net.step_logits(h, self._player[lo:hi], bias)
         # From silence the likeliest next step is more silence, and from a held chord holding on, step after
         # step: at a low temperature it would never start (below ~0.5 nothing at all) or never move on. After
@@ -275,62 +274,59 @@ class StreamingGenerator:
         sounding = self.last.sound
         stuck = not sounding.any() or int(self.age[sounding].min()) >= self.steps_per_bar
         temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
-        drawn = []  # (voice-leading faults, onset, sound) of each draw not kept at once, in the order drawn
+        drawn = []  # (voice-leading faults, states) of each draw not kept at once, in the order drawn
         ready = self.net.prepare(start, temperature, banned)
         for _ in range(tries):
             state = self.net.draw(ready, self.rng.random(cfg.n_pitches))
-            onset = np.zeros(N_MIDI, bool)
-            sound = np.zeros(N_MIDI, bool)
-            sound[lo:hi] = state != 0
-            # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
-            onset[lo:hi] = state == ONSET if cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
             if tries == 1:
                 break
-            faults = self._voice_faults(sound, heard) if voicing else 0
-            if faults == 0 and not self._copies(onset, sound):
-                best = (0, onset, sound)
+            faults = self._voice_faults(state, heard) if voicing else 0
+            if faults == 0 and not self._copies(state):
                 break
-            drawn.append((faults, onset, sound))
-        if best is None and drawn:
+            drawn.append((faults, state))
+        else:
             # None was flawless: the first of those with the fewest voice-leading faults that completes no
-            # copied bar, else (every one a copy) the first with the fewest. The copy check (tens of
-            # microseconds) runs only on the draws that could be kept.
+            # copied bar (a flawless one here was a copy). The copy check runs only on draws that could be kept.
             drawn.sort(key=lambda d: d[0])  # a stable sort: the first drawn first among equals
-            for faults, onset, sound in drawn:
-                if faults and not self._copies(onset, sound):  # (a flawless one here was a copy)
-                    best = (faults, onset, sound)
-                    break
-            if best is None:  # every draw completes a copy (any copy is worse than any voice fault)
-                faults, onset, sound = drawn[0]
-                best = (faults + COPY_FAULT, onset, sound)
-        if best is not None and best[0] >= COPY_FAULT and cfg.states == 3:
-            # Every draw completes a copied bar: the model holds on (a long chord, as at a cadence). Draw
-            # once more with nothing held, so each of its notes is struck again or ends.
-            unheld = banned.copy()
-            unheld[:, HOLD] = True
-            state = self.net.draw(self.net.prepare(start, temperature, unheld), self.rng.random(cfg.n_pitches))
-            best = (0, np.zeros(N_MIDI, bool), np.zeros(N_MIDI, bool))
-            best[2][lo:hi] = state != 0
-            best[1][lo:hi] = state == ONSET
-        if best is not None:
-            _, onset, sound = best
+            state = next((s for faults, s in drawn if faults and not self._copies(s)), None)
+            if state is None and cfg.states == 3:
+                # Every draw completes a copied bar (any copy is worse than any voice fault): the model holds on
+                # (a long chord, as at a cadence). Draw once more with nothing held, so each of its notes is
+                # struck again or ends.
+                unheld = banned.copy()
+                unheld[:, HOLD] = True
+                state = self.net.draw(self.net.prepare(start, temperature, unheld), self.rng.random(cfg.n_pitches))
+            elif state is None:
+                state = drawn[0][1]
+        onset, sound = self._frame_of(state)
         if on_beat:
             self._beat_chord = sorted(set(np.flatnonzero(sound).tolist()).union(heard))
         return Frame(onset, sound, self._velocity())
 
-    def _copies(self, onset: np.ndarray, sound: np.ndarray) -> bool:
-        """Would this frame complete a passage of COPY_STEPS steps found verbatim in the training music?"""
-        if not self._may_copy or not sound.any():
+    def _frame_of(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A draw's states (n_pitches,) as the (onset, sound) bool (128,) of its frame."""
+        lo, hi = self.cfg.low, self.cfg.low + self.cfg.n_pitches
+        onset = np.zeros(N_MIDI, bool)
+        sound = np.zeros(N_MIDI, bool)
+        sound[lo:hi] = state != 0
+        # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
+        onset[lo:hi] = state == ONSET if self.cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
+        return onset, sound
+
+    def _copies(self, state: np.ndarray) -> bool:
+        """Would this draw complete a passage of COPY_STEPS steps found verbatim in the training music?"""
+        if not self._may_copy or not state.any():
             return False  # a copy has no silent step in it
+        onset, sound = self._frame_of(state)
         return analysis.passage_key([*self._frames, *analysis.step_bits(onset[None], sound[None])]) in self.copies
 
-    def _voice_faults(self, sound: np.ndarray, heard: list[int]) -> int:
+    def _voice_faults(self, state: np.ndarray, heard: list[int]) -> int:
         """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves
         freely: passing notes, suspensions): neither four notes nor none; three or more notes that are no
         common chord; each consecutive fifth or octave against the last beat's four notes."""
         if self.step_index % self.cfg.steps_per_beat:
             return 0
-        pitches = np.flatnonzero(sound).tolist()
+        pitches = (np.flatnonzero(state) + self.cfg.low).tolist()
         if heard:  # the player's notes and its own, as one texture (a unison with the player is one voice less)
             pitches = sorted(set(pitches).union(heard))
         faults = int(len(pitches) not in (0, 4))
