@@ -7,7 +7,6 @@ No I/O and no clock: the conductor (live) or ``generate`` (offline) decides when
 from __future__ import annotations
 
 import math
-from collections import deque
 
 import numpy as np
 
@@ -189,10 +188,8 @@ class StreamingGenerator:
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
         self.level: float | None = None  # the player's dynamics, once heard
         self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
-        # Its last COPY_STEPS - 1 frames as ``analysis.step_bits``, oldest first: the copy check's window, made
-        # once per step.
-        self._frames: deque = deque(maxlen=COPY_STEPS - 1)
-        self._sounding_run = 0  # steps in a row up to now on which it sounded something
+        # The fingerprint of its last COPY_STEPS - 1 frames, kept from step to step: the copy check's window.
+        self._passage = analysis.Passage(COPY_STEPS - 1)
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -236,8 +233,7 @@ class StreamingGenerator:
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
         if self.copies is not None:
-            self._frames.extend(analysis.step_bits(out.onset[None], out.sound[None]))
-        self._sounding_run = self._sounding_run + 1 if out.sound.any() else 0
+            self._passage.push(analysis.step_value(out.onset, out.sound))
         self.step_index += 1
         return out
 
@@ -264,8 +260,8 @@ class StreamingGenerator:
         # with a line of up to three notes it fills in the rest of the four parts around them.
         heard = np.flatnonzero(self._player).tolist()
         voicing = self.voicing and on_beat and (not heard or (self.voice_with_player and len(heard) < 4))
-        self._may_copy = self.copies is not None and self._sounding_run >= COPY_STEPS - 1 and (
-            self.leads is None or analysis.passage_key(list(self._frames)) in self.leads)
+        lead = self._passage.key() if self.copies is not None else None
+        self._may_copy = lead is not None and (self.leads is None or lead in self.leads)
         tries = self.voice_tries if voicing or self._may_copy else 1
         start = self.net.step_logits(h, self._player[lo:hi], bias)
         # From silence the likeliest next step is more silence, and from a held chord holding on, step after
@@ -318,7 +314,7 @@ class StreamingGenerator:
         if not self._may_copy or not state.any():
             return False  # a copy has no silent step in it
         onset, sound = self._frame_of(state)
-        return analysis.passage_key([*self._frames, *analysis.step_bits(onset[None], sound[None])]) in self.copies
+        return self._passage.key_with(analysis.step_value(onset, sound)) in self.copies
 
     def _voice_faults(self, state: np.ndarray, heard: list[int]) -> int:
         """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves

@@ -7,6 +7,7 @@ improviser plays (e.g. that it answers in the player's key).
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable
 
 import numpy as np
@@ -132,47 +133,77 @@ def profiles(grids: list[Grid]) -> dict[str, np.ndarray]:
 COPY_STEPS = 16  # a bar of 4/4 in 16th notes: what "a verbatim copy of a training bar" is measured on
 
 
-# A passage's fingerprint is a polynomial hash of its frames as integers, modulo a Mersenne prime, cut to 64 bits.
-_KEY_MOD = (1 << 127) - 1
-_KEY_MUL = 0x9E3779B97F4A7C15
+# A passage's fingerprint, kept rolling from step to step. A step's value is sum(c^p) over the pitches p that sound
+# plus ONSET * sum(c^p) over those struck (mod a Mersenne prime M): moving a step up k semitones multiplies its
+# value by c^k. A passage of L steps is sum(STEP^(L-1-t) * value_t), multiplied by c^-r for r its first step's
+# lowest pitch -- the same in every key -- plus L. Adding a step and dropping the oldest is O(1).
+_M = (1 << 61) - 1
+_C, _ONSET = 0x2545F4914F6CDD1D % _M, 0x1F83D9ABFB41BD6B % _M
+_STEP, _LENGTH = 0x5851F42D4C957F2D % _M, 0x14057B7EF767814F % _M
+_POW = [pow(_C, p, _M) for p in range(256)]
+_INV = [pow(_C, -p, _M) for p in range(256)]
 
 
-def step_bits(onset: np.ndarray, sound: np.ndarray) -> list[tuple[int, int]]:
-    """Each step's frame (bool (T, P) each) as two Python ints, which pitches start and which sound (bit p:
-    pitch p): what passage fingerprints are made of, made once per step."""
-    on = np.packbits(onset, axis=-1, bitorder="little")
-    so = np.packbits(sound, axis=-1, bitorder="little")
-    return [(int.from_bytes(a.tobytes(), "little"), int.from_bytes(b.tobytes(), "little")) for a, b in zip(on, so)]
+def step_value(onset: np.ndarray, sound: np.ndarray) -> tuple[int, int] | None:
+    """One step (bool (P,) each) as (its value, its lowest sounding pitch), or None if nothing sounds."""
+    sounding = np.flatnonzero(sound).tolist()
+    if not sounding:
+        return None
+    struck = np.flatnonzero(onset).tolist()
+    return (sum(_POW[p] for p in sounding) + _ONSET * sum(_POW[p] for p in struck)) % _M, sounding[0]
 
 
-def passage_key(steps: list[tuple[int, int]]) -> int | None:
-    """A transposition-free fingerprint (int64) of a passage given as ``step_bits``, or None if a step of it
-    is silent: the passage is moved down so its lowest note is pitch 0, so the same passage in any key has
-    the same key; steps where nothing sounds are never part of a copy (as in ``CopyFinder``)."""
-    low = 1 << 200
-    for _, sound in steps:
-        if not sound:
+class Passage:
+    """The fingerprint of the last ``length`` steps, kept as steps are pushed (O(1) a step): equal for two
+    passages exactly when one is the other moved by some semitones (up to hash collisions, ~2^-61 a pair).
+    Steps where nothing sounds are never part of a copy (as in ``CopyFinder``): no key while one is in it."""
+
+    def __init__(self, length: int):
+        self.length = length
+        self.values: deque = deque()  # (value, lowest pitch) or None per step, oldest first
+        self.sum = 0  # sum(STEP^(n-1-t) * value_t) over the n steps held
+        self.sounding = 0  # steps in a row, up to the newest, that sound
+        self._top = pow(_STEP, length - 1, _M)
+
+    def push(self, value: tuple[int, int] | None) -> None:
+        """Add a step's ``step_value`` (None: silent), dropping the oldest once ``length`` are held."""
+        if len(self.values) == self.length:
+            old = self.values.popleft()
+            if old is not None:
+                self.sum = (self.sum - self._top * old[0]) % _M
+        self.values.append(value)
+        self.sum = (self.sum * _STEP + (value[0] if value else 0)) % _M
+        self.sounding = self.sounding + 1 if value else 0
+
+    def key(self) -> int | None:
+        """The fingerprint of the last ``length`` steps, or None (fewer held, or one of them silent)."""
+        if self.sounding < self.length:
             return None
-        low = min(low, sound & -sound)  # the lowest sounding pitch's bit
-    shift = low.bit_length() - 1
-    k = len(steps)
-    for onset, sound in steps:
-        k = ((k * _KEY_MUL + (onset >> shift)) * _KEY_MUL + (sound >> shift)) % _KEY_MOD
-    return (k & 0xFFFF_FFFF_FFFF_FFFF) - (1 << 63)
+        return (self.sum * _INV[self.values[0][1]] + self.length * _LENGTH) % _M
+
+    def key_with(self, value: tuple[int, int] | None) -> int | None:
+        """The fingerprint of the last ``length`` steps and one more (``value``), without pushing it."""
+        if value is None or self.sounding < self.length:
+            return None
+        return ((self.sum * _STEP + value[0]) * _INV[self.values[0][1]] + (self.length + 1) * _LENGTH) % _M
 
 
 def window_key(onset: np.ndarray, sound: np.ndarray) -> int | None:
-    """``passage_key`` of a passage given as bool arrays (T, P) each."""
-    return passage_key(step_bits(onset, sound))
+    """The fingerprint of a passage given as bool arrays (T, P) each (``Passage``), or None if a step is silent."""
+    passage = Passage(len(sound))
+    for on, snd in zip(onset, sound):
+        passage.push(step_value(on, snd))
+    return passage.key()
 
 
 def passage_keys(grids: Iterable[Grid], length: int = COPY_STEPS) -> np.ndarray:
-    """Sorted int64 fingerprints (``passage_key``) of every passage of ``length`` steps of ``grids``."""
+    """Sorted int64 fingerprints (``Passage``) of every passage of ``length`` steps of ``grids``."""
     keys = set()
     for g in grids:
-        steps = step_bits(g.onset, g.sound)
-        for i in range(len(steps) - length + 1):
-            k = passage_key(steps[i:i + length])
+        passage = Passage(length)
+        for on, snd in zip(g.onset, g.sound):
+            passage.push(step_value(on, snd))
+            k = passage.key()
             if k is not None:
                 keys.add(k)
     return np.array(sorted(keys), np.int64)
