@@ -635,7 +635,12 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
 
 
 def _live_generator(music: MusicOptions):
-    """The streaming generator the live commands play, having listened to the primer if any."""
+    """The streaming generator the live commands play, having listened to the primer if any. Made before any
+    port is opened: loading stalls Python for a while, and so does the one garbage collection after it (what
+    is loaded is then frozen out of later ones: ``realtime_process``), and JACK's clock is upset by a client
+    whose process callback waits that long."""
+    import gc
+
     from .model.generator import StreamingGenerator, parse_velocity_range
 
     model, _ = load_model(music.checkpoint)
@@ -645,6 +650,7 @@ def _live_generator(music: MusicOptions):
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     if primer is not None:
         gen.prime(primer)
+    gc.collect()
     return gen
 
 
@@ -659,14 +665,14 @@ class LiveParts:
 
 
 @contextlib.contextmanager
-def _live(port, api: Optional[str], opts: LiveOptions):
-    """The generator and engine parts for record/play, in a process set up for playing live; afterwards
-    closes the input and ``port`` (which may be None) and, if the run ended normally, says what was heard."""
+def _live(gen, port, api: Optional[str], opts: LiveOptions):
+    """The engine parts for record/play around ``gen`` (``_live_generator``), in a process set up for playing
+    live; afterwards closes the input and ``port`` (which may be None) and, if the run ended normally, says
+    what was heard."""
     from .live.engine import realtime_process
 
     listener = synth = None
     try:
-        gen = _live_generator(opts.music)
         listening, timing, listener = _listening(api, opts, opts.music.prime is not None)
         engine = {"channel": opts.music.midi_channel(opts.thru), "program": opts.music.gm_program(),
                   "thru": opts.thru, "voices": opts.music.voices}
@@ -792,6 +798,7 @@ def record(
     check_seconds(seconds)
     live.check()
     check_output(out)
+    gen = _live_generator(live.music)
     try:
         port = _open_output(live.api, live.output, live.jack_backend)
     except MidiSystemMissing as e:
@@ -803,7 +810,7 @@ def record(
     bpm = live.music.bpm
     # With the synth and no port it still plays in time (without either, a virtual clock: as fast as it goes).
     clock = MonotonicClock() if port is None and live.sound.synth else None
-    with _live(port, live.api, live) as parts:
+    with _live(gen, port, live.api, live) as parts:
         if port is not None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
         result = run_record(parts.generator, out, seconds, bpm, port, clock=clock, warn=_warn,
@@ -844,6 +851,7 @@ def play(
     except OSError as e:
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
+    gen = _live_generator(live.music)
     port = _open_output(live.api, live.output, live.jack_backend)  # no MIDI system: a PortError saying what to install
 
     def written(path: Path, session) -> None:
@@ -863,7 +871,7 @@ def play(
             except Exception as e:  # noqa: BLE001
                 _warn(f"could not render {path.with_suffix('.wav')}: {e}")
 
-    with _live(port, live.api, live) as parts:
+    with _live(gen, port, live.api, live) as parts:
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
         result = run_play(parts.generator, sessions, session_seconds, live.music.bpm, port, warn=_warn,
