@@ -696,6 +696,10 @@ def _live(gen, port, api: Optional[str], opts: LiveOptions):
             typer.echo(f"ignored {listening.tempo_ignored} tempo controls (following the DAW's clock)", err=True)
 
 
+# JACK periods up to 64 frames (at 44.1 or 48 kHz): there python-rtmidi's backend measured steadier than ours (README).
+SHORT_PERIOD = 0.0015  # s
+
+
 def _open_output(api: Optional[str], output: Optional[str], jack_backend: Optional[str] = None):
     """A virtual output port, or (--output NAME) a connection that comes back when that program restarts."""
     from .ports.midi import open_output
@@ -709,6 +713,9 @@ def _open_output(api: Optional[str], output: Optional[str], jack_backend: Option
     if port.lead:
         typer.echo(f"JACK backend: each message written on its own frame, handed over {port.lead * 1e3:.1f} ms "
                    f"ahead (one period, {port.period * 1e3:.2f} ms, plus a margin)", err=True)
+        if port.period <= SHORT_PERIOD:
+            typer.echo("  at a period this short --jack-backend rtmidi keeps steadier time (its process callback "
+                       "need not wait for Python every period; README, 'Timing on JACK')", err=True)
     elif (api or "").lower() == "jack" and jack_backend is None:
         _warn("JACK-Client is not installed, so python-rtmidi's JACK backend plays (every message at the start "
               "of a period); pip install 'improviser[jack]' to place each on its own frame")
