@@ -43,7 +43,6 @@ KEY_HOLD = 3.0
 VOICE_TRIES = 3
 START_TEMPERATURE = 0.9  # the lowest temperature of a step after silence or a held bar (the default; _sample)
 COPY_STEPS = analysis.COPY_STEPS
-COPY_FAULT = 10  # a draw that completes a copied bar is worse than any voice-leading fault
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
 # Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
 ACCENT = (12, 0, -12)
@@ -157,6 +156,7 @@ class StreamingGenerator:
         self._key_seen: tuple = (None, None)  # (the player memory's counts, the key found in them)
         self._bias_for: tuple = (None, None)  # (key, hold) that _per_pitch was made for
         self._per_pitch = np.zeros(model.cfg.n_pitches)
+        self._onset_bias: np.ndarray | None = None  # (three states) _per_pitch on the struck state
         self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
@@ -187,7 +187,7 @@ class StreamingGenerator:
         self._heard = Frame.silent()
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
         self.level: float | None = None  # the player's dynamics, once heard
-        self._beat_chord: list[int] = []  # what it sounded at the last beat, for the voice leading
+        self._beat_chord: list[int] = []  # the last beat's voices (its notes and the player's), for the voice leading
         # The fingerprint of its last COPY_STEPS - 1 frames, kept from step to step: the copy check's window.
         self._passage = analysis.Passage(COPY_STEPS - 1)
 
@@ -356,7 +356,7 @@ class StreamingGenerator:
             self._per_pitch = self.key_hold * key_leaning(*key)[pitches % 12]
             self._bias_for = (key, self.key_hold)
             self._onset_bias = np.zeros((cfg.n_pitches, cfg.states))
-            self._onset_bias[:, -1] = self._per_pitch
+            self._onset_bias[:, -1] = self._per_pitch  # the last state: struck (sounding, for two states)
         if cfg.states == 3:
             return self._onset_bias  # (read, never written, by the model)
         # Two states (sounding): only a note that is not already sounding starts here.
