@@ -176,34 +176,6 @@ def test_numpy_nade_sampler_draws_from_the_torch_distribution():
     np.testing.assert_allclose(sampled, exact, atol=0.01)
 
 
-def test_a_draw_told_to_sound_something_draws_from_the_model_given_that_it_does():
-    """``least=1``: a draw that would be silent goes on with the first pitch to sound given that one does, which
-    is exactly the model's distribution over frames given that the frame is not silent: p(x) / (1 - p(silent))."""
-    torch.manual_seed(4)
-    cfg = ModelConfig(low=60, n_pitches=3, hidden=8, layers=1, dropout=0.0, states=3, head="nade", nade_hidden=6)
-    model = BachLSTM(cfg).eval()
-    with torch.no_grad():
-        model.nade_w.normal_(0, 1.5)
-        model.nade_v.normal_(0, 1.5)
-        model.head.bias[0::3] += 5.0  # silence likely, so the forced case is common
-    x = torch.rand(1, 1, cfg.n_inputs)
-    frames = _all_frames(3, 3)
-    with torch.no_grad():
-        p = model(x.expand(len(frames), 1, -1), frames[:, None, :])[:, 0].exp().numpy()
-    silent = int(np.flatnonzero((frames == 0).all(axis=1).numpy())[0])
-    assert p[silent] > 0.2
-    exact = p / (1 - p[silent])
-    exact[silent] = 0.0
-    net = NumpyLSTM(model)
-    ready = net.prepare(net.step_logits(net.step(x[0, 0].numpy())), 1.0, np.zeros((3, 3), bool))
-    rng = np.random.default_rng(0)
-    index = {tuple(f.tolist()): i for i, f in enumerate(frames)}
-    counts = np.zeros(len(frames))
-    for _ in range(30000):
-        counts[index[tuple(net.draw(ready, rng.random(3), 1, rng.random((1, 5))).tolist())]] += 1
-    np.testing.assert_allclose(counts / counts.sum(), exact, atol=0.01)
-
-
 def test_numpy_sampler_with_the_player_and_key_biases_draws_from_the_torch_distribution():
     torch.manual_seed(3)
     cfg = ModelConfig(low=60, n_pitches=3, hidden=8, layers=1, dropout=0.0, states=3, head="nade", nade_hidden=6,

@@ -35,10 +35,8 @@ GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of
 KEY_HOLD = 3.0
 # Voice leading: a beat is drawn up to VOICE_TRIES times from the model and the first draw that is four-part
 # writing (see ``_voice_faults``) is kept, else the draw with the fewest faults; accompanying, the player's
-# notes are voices of it, and each draw goes on until there are four. Accompanying 60 held-out tunes
-# (`evaluate --listening`), the tune and its notes together: common chords on beats 40 -> 53 %, parallels 24.8
-# -> 12.6 per 100 changes, four notes 21 -> 42 %, notes at once 2.19 -> 2.49 (judged only: 51 %, 10.5, 27 %,
-# 2.26); consonant pairs 75 -> 74 % (Bach: 90 %, 2.4, 93 %, 2.95 notes, 76 %).
+# notes are voices of it. Accompanying 60 held-out tunes (`evaluate --listening`), the tune and its notes
+# together: common chords on beats 40 -> 51 %, parallels 24.8 -> 10.5 per 100 changes, four notes 21 -> 27 %.
 # Measured on 20 free 30-second pieces (`improviser evaluate --harmony`): parallels 21.8 -> 3.8 per 100
 # changes, common chords on beats 73 -> 96 %, four notes 61 -> 87 % of steps (Bach: 2.8, 89 %, 86 %).
 # 4 tries gave 2.4 / 99 % / 91 %, further from Bach's own figures and slower at the 99th percentile.
@@ -124,8 +122,8 @@ class StreamingGenerator:
         to ``voice_tries`` times and keep the first that is four-part writing (four notes or none; a
         common chord; no consecutive fifths or octaves against the last beat).
     voice_with_player: while the player sounds up to three notes, they are voices of the four (what
-        it has heard of them: the notes sounding at the last step), and a beat's draw goes on until
-        its notes and the player's make four; False: it is voice-led only while it plays alone.
+        it has heard of them: the notes sounding at the last step); False: it is voice-led only
+        while it plays alone.
 
     velocity: (lo, hi) bounds for its velocities. They follow the player's dynamics (a running
         level of the velocities heard) with a metrical accent; with nobody heard, 96/84/72.
@@ -274,12 +272,8 @@ class StreamingGenerator:
         temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
         drawn = []  # (voice-leading faults, states) of each draw not kept at once, in the order drawn
         ready = self.net.prepare(start, temperature, banned)
-        # Accompanying, a beat's draw fills the four parts: it goes on until its notes and the player's make four
-        # (each further note the model's own choice given that one more comes: ``NumpyLSTM.draw``).
-        least = 4 - len(heard) if voicing and heard else 0
         for _ in range(tries):
-            state = self.net.draw(ready, self.rng.random(cfg.n_pitches), least,
-                                  self.rng.random((least, cfg.n_pitches + 2)) if least else None)
+            state = self.net.draw(ready, self.rng.random(cfg.n_pitches))
             if tries == 1:
                 break
             faults = self._voice_faults(state, heard) if voicing else 0

@@ -460,15 +460,8 @@ class NumpyLSTM:
         return b, temperature, banned, (np.where(ban, -np.inf, odds) * inv, np.where(ban, -np.inf, first) * inv,
                                         self._scaled[1], a)
 
-    def draw(self, ready: tuple, u: np.ndarray, least: int = 0, more: np.ndarray | None = None) -> np.ndarray:
-        """One draw of a step's states from ``prepare``'s result, with uniforms u (n_pitches,).
-
-        least, more: (NADE head) a draw that would end with fewer than ``least`` sounding pitches goes on: the
-            next one is the first pitch above to sound *given that one does* (the model's own distribution of
-            it), where one can. Each such note takes a row of ``more`` (least, n_pitches + 2): two uniforms for
-            it, fresh ones for the pitches above it. With ``least=1`` a draw is exactly the model's frame
-            given that it is not silent; with more, each note is drawn given that one more comes.
-        """
+    def draw(self, ready: tuple, u: np.ndarray) -> np.ndarray:
+        """One draw of a step's states from ``prepare``'s result, with uniforms u (n_pitches,)."""
         b, temperature, banned, nade = ready
         if nade is None:
             return _draw(b, u, temperature, banned)
@@ -477,29 +470,18 @@ class NumpyLSTM:
         n, k1 = self.cfg.n_pitches, self.cfg.states - 1
         limit = _limits(u, temperature)
         state = np.zeros(n, np.int64)
-        i = count = 0
+        i = 0
         # Silent pitches add nothing to the hidden layer, so between two sounding pitches every pitch sees the
         # same hidden layer: one pass gives all their log-odds, and the next starts after the first pitch that
         # sounds. Cost ~ (voices + 1) passes, not n.
         while True:
             on = _sounding(d, limit[i:], temperature)
             j = int(on.argmax())
-            if on[j]:
-                s = _which(d[j], float(limit[i + j]), temperature)
-            elif count < least and more is not None:
-                forced = _first_sounding(d, more[count, :2], temperature)
-                if forced is None:
-                    return state
-                j, s = forced
-                # The pitches above were all drawn silent in this pass, which says something of their uniforms:
-                # from here on they draw with fresh ones.
-                limit = limit.copy()
-                limit[i + j + 1:] = _limits(more[count, 2 + i + j + 1:], temperature)
-            else:
+            if not on[j]:
                 return state
+            s = _which(d[j], float(limit[i + j]), temperature)
             j += i
             state[j] = s
-            count += 1
             i = j + 1
             if i == n:
                 return state
@@ -524,32 +506,6 @@ def _sounding(d: np.ndarray, limit: np.ndarray, temperature: float) -> np.ndarra
     # takes the likelier one.
     join = np.maximum if temperature == 0 else np.logaddexp
     return join(d[..., 0], d[..., 1]) >= limit
-
-
-def _first_sounding(d: np.ndarray, u: np.ndarray, temperature: float) -> tuple[int, int] | None:
-    """Of pitches with log-odds d (m, states - 1) that all sit on one hidden layer, the first to sound given that
-    one does, and its state: (index, state) drawn with the two uniforms u, or None if none can sound. The first
-    is j with probability p_j * prod_{k<j} (1 - p_k), p the chance of sounding; then held or struck by their odds.
-    Greedy (0): the likeliest first pitch, and its likelier state."""
-    z = d[:, 0] if d.shape[1] == 1 else np.logaddexp(d[:, 0], d[:, 1])  # sounding against silence
-    p = 0.5 * (np.tanh(0.5 * z) + 1.0)
-    first = p * np.concatenate(([1.0], np.cumprod(1.0 - p)[:-1]))
-    total = float(first.sum())
-    if not total > 0:
-        return None
-    j = int(first.argmax()) if temperature == 0 else min(int(np.searchsorted(np.cumsum(first), u[0] * total,
-                                                                                side="right")), len(first) - 1)
-    if first[j] <= 0:
-        return None
-    if d.shape[1] == 1:
-        return j, 1
-    held, struck = float(d[j, 0]), float(d[j, 1])
-    if temperature == 0:
-        return j, 2 if struck > held else 1
-    # Held or struck, given that it sounds: struck when its log-odds against held reach log((1 - u) / u).
-    if u[1] <= 0:
-        return j, 1
-    return j, 2 if struck - held >= math.log1p(-u[1]) - math.log(u[1]) else 1
 
 
 def _which(d: np.ndarray, limit: float, temperature: float) -> int:
