@@ -633,8 +633,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
     # Checkpoints from before this was written down say so by what they were trained on.
     described = str(ckpt.get("trained_on", ""))
     # Fingerprints of every bar of its training music (``analysis.passage_key``), which it never plays verbatim.
-    # ("copy_keys", written for a day by an earlier kind of fingerprint, are not read: ``train --resume``
-    # writes the new kind.)
+    # ("copy_keys", an earlier kind of fingerprint, are not read: training further writes the new kind.)
     copies, leads = ckpt.get("passage_keys"), ckpt.get("lead_keys")
     model.copy_keys = frozenset(copies.tolist()) if isinstance(copies, torch.Tensor) else None
     # ...and of every passage a step shorter: a step whose last COPY_STEPS - 1 frames are none of these cannot
