@@ -30,6 +30,8 @@ def test_fingerprints_are_the_same_in_every_key_and_miss_silence():
 def test_the_shipped_model_plays_no_bar_of_the_training_chorales(model):
     train, _ = split(load_bach_chorales(progress=False))
     assert model.copy_keys is not None and len(model.copy_keys) == len(passage_keys(p.grid for p in train))
+    leads = passage_keys((p.grid for p in train), COPY_STEPS - 1)  # what a step is checked against first
+    assert model.lead_keys is not None and len(model.lead_keys) == len(leads)
     finder = CopyFinder([p.grid for p in train])
     copied = total = 0
     for seed in range(10):
