@@ -37,6 +37,11 @@ def test_training_on_real_chorales_lowers_validation_loss(tmp_path):
     model, ckpt = load_checkpoint(out)
     assert ckpt["best_val_loss"] == pytest.approx(summary["best_val_loss"])
     assert (tmp_path / "mine.last.pt").is_file()
+    # What it must never play verbatim: every bar of its training pieces, and every passage a step shorter.
+    from improviser.music.analysis import COPY_STEPS, passage_keys
+
+    assert len(model.copy_keys) == len(passage_keys(p.grid for p in train_p)) > 0
+    assert len(model.lead_keys) == len(passage_keys((p.grid for p in train_p), COPY_STEPS - 1))
     g = generate(model, 64, temperature=1.0, seed=0)
     assert g.notes().shape[0] > 0  # it plays
 
