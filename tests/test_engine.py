@@ -219,3 +219,25 @@ def test_every_sink_gets_exactly_what_the_recorder_records_including_the_stop(mo
     assert len(ons) == len(notes) > 10 and len(offs) == len(ons)  # every note turned off, the last ones at the stop
     start = result.sessions[-1].start
     assert sorted((n, round(t - start, 4)) for _, n, t in ons) == sorted((n.pitch, round(n.start, 4)) for n in notes)
+
+
+def test_playing_live_freezes_what_is_loaded_out_of_garbage_collection(model):
+    """A full collection over torch and the model holds Python's GIL ~100 ms (the JACK backend's callback and
+    the sender wait); inside realtime_process what is loaded is frozen, so one takes a few milliseconds at most."""
+    import gc
+    import time
+
+    from improviser.live.engine import realtime_process
+
+    gc.collect()
+    t0 = time.perf_counter()
+    gc.collect()
+    loaded = time.perf_counter() - t0
+    with realtime_process():
+        assert gc.get_freeze_count() > 10_000
+        t0 = time.perf_counter()
+        gc.collect()
+        frozen = time.perf_counter() - t0
+    assert gc.get_freeze_count() == 0  # given back afterwards
+    print(f"full collection: {loaded * 1e3:.1f} ms with everything loaded, {frozen * 1e3:.2f} ms frozen")
+    assert frozen < 0.005 and frozen < loaded / 5
