@@ -133,8 +133,8 @@ def main() -> None:
         plain = StreamingGenerator(model, temperature=0.9, seed=0, voicing=False)
         plain.copies = None
         others.append(("this checkpoint, voice leading and copy check off", plain))
-    tmp = tempfile.TemporaryDirectory()
-    if args.previous_code:
+    tmp = tempfile.TemporaryDirectory() if args.previous_code else None
+    if tmp is not None:
         gen_mod, old_model = code_at(args.previous_code, Path(tmp.name))
         others.append((f"code and checkpoint of {args.previous_code}",
                        gen_mod.StreamingGenerator(old_model, temperature=0.9, seed=0)))
@@ -165,7 +165,8 @@ def main() -> None:
             print(f"  {label:52}{np.median(t):8.3f}{np.percentile(t, 99):8.3f}   "
                   f"{np.median(ours) / np.median(t):.2f}x median, "
                   f"{np.percentile(ours, 99) / np.percentile(t, 99):.2f}x p99")
-    tmp.cleanup()
+    if tmp is not None:
+        tmp.cleanup()
 
 
 if __name__ == "__main__":

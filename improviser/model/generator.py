@@ -152,7 +152,6 @@ class StreamingGenerator:
         # checkpoint: a draw that would complete one is drawn again, so it never plays a bar of Bach's verbatim.
         self.copies = getattr(model, "copy_keys", None)
         self.leads = getattr(model, "lead_keys", None) if self.copies is not None else None
-        self._may_copy = False  # this step's draws could complete a copy (its last frames lead into one)
         self._key_seen: tuple = (None, None)  # (the player memory's counts, the key found in them)
         self._bias_for: tuple = (None, None)  # (key, hold) that _per_pitch was made for
         self._per_pitch = np.zeros(model.cfg.n_pitches)
@@ -261,8 +260,9 @@ class StreamingGenerator:
         heard = np.flatnonzero(self._player).tolist()
         voicing = self.voicing and on_beat and (not heard or (self.voice_with_player and len(heard) < 4))
         lead = self._passage.key() if self.copies is not None else None
-        self._may_copy = lead is not None and (self.leads is None or lead in self.leads)
-        tries = self.voice_tries if voicing or self._may_copy else 1
+        # This step's draws could complete a copy only if its last frames lead into one.
+        may_copy = lead is not None and (self.leads is None or lead in self.leads)
+        tries = self.voice_tries if voicing or may_copy else 1
         start = self.net.step_logits(h, self._player[lo:hi], bias)
         # From silence the likeliest next step is more silence, and from a held chord holding on, step after
         # step: at a low temperature it would never start (below ~0.5 nothing at all) or never move on. After
@@ -277,14 +277,14 @@ class StreamingGenerator:
             if tries == 1:
                 break
             faults = self._voice_faults(state, heard) if voicing else 0
-            if faults == 0 and not self._copies(state):
+            if faults == 0 and not (may_copy and self._copies(state)):
                 break
             drawn.append((faults, state))
         else:
             # None was flawless: the first of those with the fewest voice-leading faults that completes no
             # copied bar (a flawless one here was a copy). The copy check runs only on draws that could be kept.
             drawn.sort(key=lambda d: d[0])  # a stable sort: the first drawn first among equals
-            state = next((s for faults, s in drawn if faults and not self._copies(s)), None)
+            state = next((s for faults, s in drawn if faults and not (may_copy and self._copies(s))), None)
             if state is None and cfg.states == 3:
                 # Every draw completes a copied bar (any copy is worse than any voice fault): the model holds on
                 # (a long chord, as at a cadence). Draw once more with nothing held, so each of its notes is
@@ -311,7 +311,7 @@ class StreamingGenerator:
 
     def _copies(self, state: np.ndarray) -> bool:
         """Would this draw complete a passage of COPY_STEPS steps found verbatim in the training music?"""
-        if not self._may_copy or not state.any():
+        if not state.any():
             return False  # a copy has no silent step in it
         onset, sound = self._frame_of(state)
         return self._passage.key_with(analysis.step_value(onset, sound)) in self.copies

@@ -520,17 +520,15 @@ def _which(d: np.ndarray, limit: float, temperature: float) -> int:
     return 2 if struck - (max(held, 0.0) + math.log1p(math.exp(-abs(held)))) >= limit else 1
 
 
-def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray | None = None) -> np.ndarray:
-    """One categorical draw per row of logits (..., n, K) by inverse CDF with uniforms u (..., n); ``banned``
-    states (None: already -inf in ``logits``) are never drawn."""
-    if banned is not None:
-        logits = np.where(banned, -np.inf, logits)
+def _draw(logits: np.ndarray, u: np.ndarray, temperature: float, banned: np.ndarray) -> np.ndarray:
+    """One categorical draw per row of logits (n, K) by inverse CDF with uniforms u (n,) (the independent head)."""
+    logits = np.where(banned, -np.inf, logits)
     if temperature == 0:
-        return np.argmax(logits, axis=-1)
+        return np.argmax(logits, axis=1)
     z = logits * (1.0 / temperature)
-    z -= z.max(axis=-1, keepdims=True)
-    cum = np.cumsum(np.exp(z, out=z), axis=-1)
-    return (u[..., None] * cum[..., -1:] >= cum[..., :-1]).sum(axis=-1)
+    z -= z.max(axis=1, keepdims=True)
+    cum = np.cumsum(np.exp(z, out=z), axis=1)
+    return (u[:, None] * cum[:, -1:] >= cum[:, :-1]).sum(axis=1)
 
 
 def widen(old: BachLSTM, cfg: ModelConfig) -> BachLSTM:
@@ -632,7 +630,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[BachLSTM, dict]:
     # Trained on four-part writing: its notes can be led and told apart as soprano, alto, tenor and bass.
     # Checkpoints from before this was written down say so by what they were trained on.
     described = str(ckpt.get("trained_on", ""))
-    # Fingerprints of every bar of its training music (``analysis.passage_key``), which it never plays verbatim.
+    # Fingerprints of every bar of its training music (``analysis.Passage``), which it never plays verbatim.
     # ("copy_keys", an earlier kind of fingerprint, are not read: training further writes the new kind.)
     copies, leads = ckpt.get("passage_keys"), ckpt.get("lead_keys")
     model.copy_keys = frozenset(copies.tolist()) if isinstance(copies, torch.Tensor) else None
