@@ -34,10 +34,10 @@ import numpy as np
 
 from ..errors import DataError
 from .cache import cache_dir
-from .encoding import STEPS_PER_BEAT, Grid, notes_to_grid
+from .encoding import STEPS_PER_BEAT, Grid, Meter, notes_to_grid
 
 COLLECTIONS = ("essenFolksong", "oneills1850", "ryansMammoth", "airdsAirs", "miscFolk")
-CACHE_VERSION = 2  # 2: sub-step notes no longer make a tune look polyphonic
+CACHE_VERSION = 3  # 2: sub-step notes no longer make a tune look polyphonic; 3: the time signature is kept
 MIN_BARS = 8
 PLACE_RANGE = (62, 74)  # mean pitch of a placed melody (MIDI), a comfortable soprano range
 PLAYABLE = (24, 95)  # the model's pitch range
@@ -48,7 +48,8 @@ BPM = 100.0
 class Melody:
     """One held-out tune on the step grid.
 
-    grid: the whole tune; ``grid.steps_per_bar == bar_steps`` and ``grid.bar_start`` places a pickup.
+    grid: the whole tune; ``grid.steps_per_bar == bar_steps``, ``grid.bar_start`` places a pickup and
+        ``grid.meter`` is the tune's own time signature (6/8 and 3/4 both have 12-step bars).
     bar_steps: steps in a bar (16 for 4/4, 12 for 3/4 and 6/8, 8 for 2/4).
     first_bar: the step at which the first full bar starts (the pickup's length; 0 without one).
     """
@@ -62,6 +63,11 @@ class Melody:
     def collection(self) -> str:
         """The corpus collection the tune comes from (the first part of its name)."""
         return self.name.split("/", 1)[0]
+
+    @property
+    def meter(self) -> Meter:
+        """The tune's time signature (its first, where it changes to another of the same bar length)."""
+        return self.grid.time_signature
 
     @property
     def whole_bars(self) -> int:
@@ -155,6 +161,7 @@ def parse_tune(path: str | os.PathLike, number: int | None = None, name: str | N
         return None
     bar_q = next(iter(bar_q))
     bar_steps = round(bar_q) * STEPS_PER_BEAT
+    meter = Meter(int(signatures[0].numerator), int(signatures[0].denominator))
 
     measures = [(float(m.offset), float(m.duration.quarterLength)) for m in part.getElementsByClass("Measure")]
     full = [off for off, dur in measures if abs(dur - bar_q) < 1e-6]
@@ -194,7 +201,7 @@ def parse_tune(path: str | os.PathLike, number: int | None = None, name: str | N
     if pitch.min() < 0 or pitch.max() > 127:
         return None
     onset, sound, _ = notes_to_grid(pitch, starts, ends, n_steps)
-    grid = Grid(onset, sound, STEPS_PER_BEAT, bar_steps // STEPS_PER_BEAT, BPM, None, (-first_bar) % bar_steps)
+    grid = Grid(onset, sound, STEPS_PER_BEAT, bar_steps // STEPS_PER_BEAT, BPM, None, (-first_bar) % bar_steps, meter)
     if name is None:
         title = score.metadata.title if score.metadata is not None and score.metadata.title else ""
         name = f"{path.parent.name}/{path.name}" + (f"#{number}" if number is not None else "") + f" {title}".rstrip()
@@ -234,7 +241,8 @@ def _choose(n: int, seed: int, progress: bool) -> list[Melody]:
 
 def _save(path: Path, melodies: list[Melody]) -> None:
     notes = [m.grid.notes()[:, :3] for m in melodies]
-    meta = [[len(m.grid), m.bar_steps, m.first_bar, m.grid.bar_start] for m in melodies]
+    meta = [[len(m.grid), m.bar_steps, m.first_bar, m.grid.bar_start, m.meter.numerator, m.meter.denominator]
+            for m in melodies]
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez_compressed(tmp, names=np.array([m.name for m in melodies]),
                         notes=np.concatenate(notes).astype(np.int32),
@@ -246,10 +254,11 @@ def _load(path: Path) -> list[Melody]:
     with np.load(path, allow_pickle=False) as a:
         names, notes, counts, meta = a["names"].tolist(), a["notes"], a["counts"], a["meta"]
     out = []
-    for name, chunk, (n_steps, bar_steps, first_bar, bar_start) in zip(
+    for name, chunk, (n_steps, bar_steps, first_bar, bar_start, numerator, denominator) in zip(
             names, np.split(notes, np.cumsum(counts)[:-1]), meta.tolist()):
         onset, sound, _ = notes_to_grid(chunk[:, 0], chunk[:, 1], chunk[:, 2], n_steps)
-        grid = Grid(onset, sound, STEPS_PER_BEAT, bar_steps // STEPS_PER_BEAT, BPM, None, bar_start)
+        grid = Grid(onset, sound, STEPS_PER_BEAT, bar_steps // STEPS_PER_BEAT, BPM, None, bar_start,
+                    Meter(numerator, denominator))
         out.append(Melody(name, grid, bar_steps, first_bar))
     return out
 
