@@ -1,14 +1,24 @@
 """Training: windows of pieces, transposition augmentation, validation every epoch, early stopping, resume.
 
-Runs on one CPU in minutes for the chorales. Under ``torchrun`` each rank trains on
-its share of the windows and DistributedDataParallel averages the gradients.
+Runs on one CPU in minutes for the chorales, or on a GPU (``device``: CUDA, else Apple's MPS,
+else the CPU). Under ``torchrun`` each rank trains on its share of the windows, on its own GPU
+(``LOCAL_RANK``) with NCCL between them or on the CPU with gloo, and DistributedDataParallel
+averages the gradients; rank 0 validates, chooses the best epoch and writes the checkpoints.
+
+On a GPU the windows of the next chunk of pieces are made on the CPU by a thread while the GPU
+trains on the current one, and each batch goes over from pinned memory without waiting; the
+loss is read back only for the progress bar. Checkpoints hold CPU tensors whatever trained them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import DataError, ImproviserError
 from ..music.analysis import COPY_STEPS, passage_keys
 from ..music.encoding import Grid
 from .data import Piece
@@ -46,6 +56,7 @@ class TrainConfig:
     copies: int = 4  # transposed copies of each piece per epoch
     own_dropout: float = 0.3  # listening models: share of accompanying steps whose own last frame is hidden
     chunk_pieces: int = 512  # pieces put on the grid and cut into windows at a time
+    bf16: bool = False  # CUDA only: forward and loss under bfloat16 autocast (unmeasured; float32 by default)
 
 
 def before(a: np.ndarray) -> np.ndarray:
@@ -244,16 +255,25 @@ def make_windows(pieces: list, cfg: ModelConfig, seq_len: int, rng: np.random.Ge
     return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys)), torch.from_numpy(np.stack(ms))
 
 
-def window_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """-log p(frame | past), averaged over real (unpadded) steps: nats per step."""
+def masked_nll(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """-log p(frame | past), averaged over real (unpadded) steps: nats per step, a tensor on the model's device."""
     logp = model(x, y)  # (N, L): log-probability of each whole frame
-    return -(logp * m).sum() / m.sum(), float(m.sum())
+    return -(logp * m).sum() / m.sum()
+
+
+def window_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """masked_nll and the number of steps it averages over (reading it waits for a GPU)."""
+    return masked_nll(model, x, y, m), float(m.sum())
 
 
 @torch.no_grad()
 def validate(model: BachLSTM, pieces: list) -> float:
-    """Mean nats per step over whole validation pieces (Pieces or Grids), untransposed, from a silent start."""
+    """Mean nats per step over whole validation pieces (Pieces or Grids), untransposed, from a silent start.
+
+    Runs on the model's device, in float32.
+    """
     model.eval()
+    device = next(model.parameters()).device
     total, steps = 0.0, 0.0
     for i, piece in enumerate(pieces):
         g = piece if isinstance(piece, Grid) else piece.grid
@@ -267,36 +287,214 @@ def validate(model: BachLSTM, pieces: list) -> float:
             mk = np.ones(len(g), np.float32)
         if not mk.any():
             continue  # a short piece that only listened: nothing to score
-        loss, n = window_loss(model, torch.from_numpy(x)[None], torch.from_numpy(y)[None],
-                              torch.from_numpy(mk)[None])
+        loss, n = window_loss(model, *(torch.from_numpy(a)[None].to(device) for a in (x, y, mk)))
         total += float(loss) * n
         steps += n
     model.train()
     return total / max(steps, 1.0)
 
 
-def _ddp() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
+# ---- where it trains ------------------------------------------------------------------------------
+
+
+class DeviceError(ImproviserError):
+    """The device asked for is not on this machine, or torchrun started more ranks than it has GPUs."""
+
+
+class TooManyRanks(DeviceError):
+    """torchrun started more ranks on a machine than it has GPUs (each rank trains on its own)."""
+
+
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def pick_device(asked: str, cuda_count: int, mps: bool, local_rank: int = 0, local_world: int = 1) -> torch.device:
+    """The device one rank trains on, from what the machine has (passed in, so it is tested anywhere).
+
+    asked: auto (CUDA, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps. cuda_count: the GPUs
+    torch sees; mps: whether Apple's GPU is there. Under torchrun (local_world: ranks on this machine,
+    more than 1) each rank takes its own GPU, cuda:LOCAL_RANK, and the CPU is shared; torch.distributed
+    has no backend for MPS, so auto means CUDA or the CPU there.
+    """
+    name = asked.strip().lower()
+    ranks = local_world > 1
+    if name == "auto":
+        name = "cuda" if cuda_count else "mps" if mps and not ranks else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not mps:
+            raise DeviceError("--device mps: this machine has no Apple GPU (MPS); use --device cpu or auto")
+        if ranks:
+            raise DeviceError("--device mps under torchrun: torch.distributed cannot reduce on Apple GPUs; "
+                              "use --device cpu (gloo)")
+        return torch.device("mps")
+    kind, colon, index = name.partition(":")
+    if kind != "cuda" or (colon and not index.isdigit()):
+        raise DeviceError(f"unknown --device {asked!r}; choose {DEVICES}")
+    if not cuda_count:
+        raise DeviceError(f"--device {asked}: torch sees no CUDA GPU on this machine; use --device cpu or auto")
+    if ranks:
+        if colon:
+            raise DeviceError(f"--device {asked} under torchrun: each rank takes its own GPU (cuda:LOCAL_RANK); "
+                              "give --device cuda or auto")
+        if local_world > cuda_count:
+            raise TooManyRanks(f"torchrun started {local_world} ranks on this machine, which has {cuda_count} "
+                               f"GPU{'s' if cuda_count > 1 else ''}: give --nproc_per_node {cuda_count} (a rank per "
+                               "GPU), or --device cpu to train on the CPU (gloo)")
+        return torch.device("cuda", local_rank)
+    if int(index or 0) >= cuda_count:
+        raise DeviceError(f"--device {asked}: this machine has {cuda_count} GPU{'s' if cuda_count > 1 else ''} "
+                          f"(cuda:0..cuda:{cuda_count - 1})")
+    return torch.device("cuda", int(index or 0))
+
+
+def _launch() -> tuple[int, int, int]:
+    """(world size, this rank's index on its machine, ranks on its machine) as torchrun set them; (1, 0, 1) alone."""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+    if world <= 1:
+        return 1, 0, 1
+    return world, int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+
+
+def train_device(asked: str = "auto") -> torch.device:
+    """pick_device for this machine and this process (a torchrun rank or alone)."""
+    world, local_rank, local_world = _launch()
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return pick_device(asked, cuda, mps, local_rank, local_world if world > 1 else 1)
+
+
+def describe(device: torch.device) -> str:
+    """What a training log says it runs on: 'cuda:0 (NVIDIA H200)', 'cpu (2 threads)', 'mps (Apple GPU)'."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return f"{device} (Apple GPU)" if device.type == "mps" else str(device)
+
+
+def _ddp(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); under torchrun joins the process group: NCCL between GPUs, gloo on the CPU."""
+    if _launch()[0] > 1:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # NCCL's buffers and the default stream on this rank's own GPU
+                dist.init_process_group("nccl", device_id=device)
+            else:
+                dist.init_process_group("gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
+def on_cpu(obj):
+    """A state dict (nested dicts, lists, tuples of tensors and plain data) with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(on_cpu(v) for v in obj)
+    return obj
+
+
+def ahead(items: Iterator, depth: int = 1) -> Iterator:
+    """Iterate ``items`` in a thread, up to ``depth`` items ahead of the consumer.
+
+    The thread's error is raised in the consumer; closing the generator (or the consumer's own error)
+    stops the thread at its next item. The items and their order are those of ``items`` alone.
+    """
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # handed to the consumer, who raises it
+            put((end, e))
+
+    worker = threading.Thread(target=produce, name="make-windows", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = q.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def batch_to(t: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The rows ``idx`` of a CPU tensor, on ``device``; to a GPU through pinned memory, without waiting."""
+    if device.type != "cuda":
+        return t[idx].to(device)
+    # Pinned blocks come from torch's caching host allocator, which reuses one only once its copy is done.
+    pinned = torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype, pin_memory=True)
+    torch.index_select(t, 0, idx, out=pinned)
+    return pinned.to(device, non_blocking=True)
+
+
+def _epoch_chunks(train_pieces: list[Piece], mcfg: ModelConfig, cfg: TrainConfig, rng: np.random.Generator,
+                  first_epoch: int, rank: int, world: int) -> Iterator:
+    """(X, Y, mask, this rank's order of the windows) for every chunk of pieces of every epoch from first_epoch.
+
+    Pieces are put on the grid and cut into windows a chunk at a time, in a new order every epoch (the
+    same on every rank), so memory stays bounded however large the corpus is.
+    """
+    for epoch in range(first_epoch, cfg.epochs + 1):
+        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_pieces))
+        for start in range(0, len(order), cfg.chunk_pieces):
+            chunk = order[start:start + cfg.chunk_pieces]
+            x, y, m = make_windows([train_pieces[i] if mcfg.listens else train_pieces[i].grid for i in chunk],
+                                   mcfg, cfg.seq_len, rng, cfg.transpose, cfg.copies, cfg.own_dropout)
+            perm = torch.from_numpy(np.random.default_rng(cfg.seed + epoch + int(chunk[0])).permutation(len(x)))
+            yield x, y, m, perm[rank::world]  # each rank its share
+
+
+def _fewest(n: int, device: torch.device) -> int:
+    """The smallest n over the ranks: every rank must run the same number of steps or the all-reduce hangs."""
+    import torch.distributed as dist
+
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t)
+
+
 def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.PathLike,
           model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, resume: str | None = None,
-          description: str = "", progress: bool = True, log=print, init_from: str | None = None) -> dict:
+          description: str = "", progress: bool = True, log=print, init_from: str | None = None,
+          device: str = "auto") -> dict:
     """Train and write the best checkpoint (by validation loss) to ``out``; ``out``.last.pt holds the last state.
 
-    Returns a summary dict (best validation loss, epochs run, parameter count, ...).
+    device: auto, cpu, cuda, cuda:N or mps (``pick_device``). Returns a summary dict (best validation
+    loss, epochs run, parameter count, the device, ...); its model is on that device.
     """
     from tqdm import tqdm
 
     cfg = cfg or TrainConfig()
-    rank, world = _ddp()
+    dev = train_device(device)
+    if cfg.bf16 and dev.type != "cuda":
+        raise DeviceError(f"bf16 autocast is for CUDA GPUs; this run trains on {dev} in float32 (leave out --bf16)")
+    rank, world = _ddp(dev)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed + 1000 * rank)
     n_train_steps = sum(p.n_steps for p in train_pieces)
@@ -324,7 +522,8 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
             model = widen(old, model_cfg)
             model.train()
         else:
-            model = BachLSTM(model_cfg)
+            model = BachLSTM(model_cfg)  # made on the CPU, so a seed gives the same start on every device
+    model.to(dev)
     mcfg = model.cfg
     # The direct biases start at zero and need values of a few nats: at the LSTM's step size (Adam moves
     # each weight by about lr per batch) it would take hundreds of epochs, so it gets a larger one.
@@ -333,10 +532,12 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
     groups = [{"params": rest}] + ([{"params": fast, "lr": cfg.lr * FAST_LR}] if fast else [])
     opt = torch.optim.Adam(groups, lr=cfg.lr)
     if opt_state:
-        opt.load_state_dict(opt_state)
+        opt.load_state_dict(opt_state)  # its moments go to the parameters' device
     net = model
     if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
+        # The buffers are constant index tables: nothing to broadcast before each forward.
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                  broadcast_buffers=False)
     out = Path(out)
     last_path = out.with_suffix(".last.pt")
     if mcfg.key_memory and "key_profiles" not in info_extra:
@@ -351,63 +552,76 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
                  "n_valid_pieces": len(valid_pieces), "n_train_steps": n_train_steps,
                  "train_config": asdict(cfg), "n_params": model.n_params()}
     if rank == 0:
+        ranks = f"; {world} ranks ({'NCCL' if dev.type == 'cuda' else 'gloo'}), this is rank 0" if world > 1 else ""
+        log(f"training on {describe(dev)}, {'bf16 autocast' if cfg.bf16 else 'float32'}{ranks}")
         log(f"model: {mcfg.layers}x{mcfg.hidden} LSTM, {model.n_params():,} parameters; "
             f"data: {len(train_pieces)} train / {len(valid_pieces)} valid pieces, {n_train_steps:,} train steps")
+    n_chunks = len(range(0, len(train_pieces), cfg.chunk_pieces))
+    chunks = _epoch_chunks(train_pieces, mcfg, cfg, rng, start_epoch + 1, rank, world)
+    if dev.type != "cpu":
+        # The next chunk's windows are made on the CPU while the GPU trains on this one. On the CPU the
+        # same thread would take cores from the training itself.
+        chunks = ahead(chunks, 1)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
+    show = progress and rank == 0
     t0 = time.monotonic()
     epoch = start_epoch
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
-        # Pieces are put on the grid and cut into windows a chunk at a time, in a new order every
-        # epoch (the same on every rank), so memory stays bounded however large the corpus is.
-        order = np.random.default_rng(cfg.seed + epoch).permutation(len(train_pieces))
-        chunks = [order[i:i + cfg.chunk_pieces] for i in range(0, len(order), cfg.chunk_pieces)]
-        total = sum(p.n_steps for p in train_pieces) * cfg.copies // cfg.seq_len // cfg.batch_size + len(chunks)
-        bar = tqdm(total=total // world, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                   disable=not progress or rank != 0, leave=False)
-        running, b_all = 0.0, 0
-        for chunk in chunks:
-            x, y, m = make_windows([train_pieces[i] if mcfg.listens else train_pieces[i].grid for i in chunk],
-                                   mcfg, cfg.seq_len, rng, cfg.transpose, cfg.copies, cfg.own_dropout)
-            perm = torch.from_numpy(np.random.default_rng(cfg.seed + epoch + int(chunk[0])).permutation(len(x)))
-            perm = perm[rank::world]  # each rank its share
-            n_batches = max(1, math.ceil(len(perm) / cfg.batch_size))
+    try:
+        for epoch in range(start_epoch + 1, cfg.epochs + 1):
+            total = n_train_steps * cfg.copies // cfg.seq_len // cfg.batch_size + n_chunks
+            bar = tqdm(total=total // world, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", disable=not show,
+                       leave=False)
+            running, b_all = torch.zeros((), device=dev), 0
+            for _ in range(n_chunks):
+                x, y, m, perm = next(chunks)
+                n_batches = math.ceil(len(perm) / cfg.batch_size)
+                if world > 1:
+                    n_batches = _fewest(n_batches, dev)
+                for b in range(n_batches):
+                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    with autocast():
+                        loss = masked_nll(net, batch_to(x, idx, dev), batch_to(y, idx, dev), batch_to(m, idx, dev))
+                    opt.zero_grad()
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+                    opt.step()
+                    # Kept on the device: reading a loss back waits for the GPU to finish the step.
+                    running = 0.9 * running + 0.1 * loss.detach().float() if b_all else loss.detach().float()
+                    b_all += 1
+                    bar.update(1)
+                    if show and b_all % 20 == 1:
+                        bar.set_postfix(loss=f"{float(running):.3f}")
+                del x, y, m
+            bar.close()
+            running = float(running)
+            # Rank 0 validates, as one process would, and tells the others: every rank stops at the same epoch.
+            val = validate(model, valid_pieces) if rank == 0 else 0.0
             if world > 1:
-                # Every rank must run the same number of steps or the gradient all-reduce hangs.
                 import torch.distributed as dist
 
-                t = torch.tensor([n_batches])
-                dist.all_reduce(t, op=dist.ReduceOp.MIN)
-                n_batches = int(t)
-            for b in range(n_batches):
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss, _ = window_loss(net, x[idx], y[idx], m[idx])
-                opt.zero_grad()
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                opt.step()
-                running = 0.9 * running + 0.1 * loss.item() if b_all else loss.item()
-                b_all += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{running:.3f}")
-            del x, y, m
-        bar.close()
-        val = validate(model, valid_pieces)
-        history.append({"epoch": epoch, "train_loss": running, "val_loss": val})
-        improved = val < best - 1e-4
-        if improved:
-            best, bad_epochs = val, 0
-        else:
-            bad_epochs += 1
-        info = {**info_base, "epoch": epoch, "best_val_loss": best, "val_loss": val, "history": history,
-                "bad_epochs": bad_epochs, "train_seconds": time.monotonic() - t0}
-        if rank == 0:
+                t = torch.tensor([val], dtype=torch.float64, device=dev)
+                dist.broadcast(t, 0)
+                val = float(t)
+            history.append({"epoch": epoch, "train_loss": running, "val_loss": val})
+            improved = val < best - 1e-4
             if improved:
-                save_checkpoint(out, model, **info)
-            save_checkpoint(last_path, model, **info, optimizer=opt.state_dict())
-            log(f"epoch {epoch}: train {running:.3f}  valid {val:.3f} nats/step{'  (best, saved)' if improved else ''}")
-        if bad_epochs >= cfg.patience:
+                best, bad_epochs = val, 0
+            else:
+                bad_epochs += 1
+            info = {**info_base, "epoch": epoch, "best_val_loss": best, "val_loss": val, "history": history,
+                    "bad_epochs": bad_epochs, "train_seconds": time.monotonic() - t0}
             if rank == 0:
-                log(f"stopping early: no better validation loss for {cfg.patience} epochs")
-            break
+                if improved:
+                    save_checkpoint(out, model, **info)
+                save_checkpoint(last_path, model, **info, optimizer=on_cpu(opt.state_dict()))
+                log(f"epoch {epoch}: train {running:.3f}  valid {val:.3f} nats/step"
+                    f"{'  (best, saved)' if improved else ''}")
+            if bad_epochs >= cfg.patience:
+                if rank == 0:
+                    log(f"stopping early: no better validation loss for {cfg.patience} epochs")
+                break
+    finally:
+        chunks.close()  # stops the thread that makes windows ahead
     identical = True
     if world > 1:
         import torch.distributed as dist
@@ -427,5 +641,4 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
 
         dist.destroy_process_group()
     return {"best_val_loss": best, "epochs": epoch, "n_params": model.n_params(), "rank": rank, "world": world,
-            "seconds": time.monotonic() - t0, "model": model, "ranks_identical": identical}
-
+            "seconds": time.monotonic() - t0, "model": model, "ranks_identical": identical, "device": str(dev)}
