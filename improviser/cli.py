@@ -294,17 +294,30 @@ def train(
                                              "for --corpus bach-chorales, whose parts it needs)."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start a listening model from a "
                                              "non-listening checkpoint of the same size."),
+    device: str = typer.Option("auto", "--device", help="Where to train: auto (CUDA, else Apple's MPS, else the "
+                               "CPU), cpu, cuda, cuda:N or mps. Under torchrun each rank takes its own GPU."),
+    bf16: bool = typer.Option(False, "--bf16", help="CUDA only: bfloat16 autocast (its loss against float32 "
+                              "is not measured yet; float32 by default)."),
 ) -> None:
     """Train a model on MIDI files/folders or on the Bach chorales, keeping the best checkpoint.
 
     Example: improviser train --corpus bach-chorales --out checkpoints/bach.pt
              improviser train my_midi_folder/ --out mine.pt --epochs 20
+             torchrun --standalone --nproc_per_node 2 -m improviser train --corpus bach-chorales --out bach.pt
     """
     from .model.data import load_bach_chorales, load_midi_files, split
     from .model.network import ModelConfig
-    from .model.train import TrainConfig
+    from .model.train import TooManyRanks, TrainConfig, train_device
     from .model.train import train as run_train
 
+    try:
+        on = train_device(device)  # a device this machine lacks is said before any data is read
+    except TooManyRanks:
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            raise typer.Exit(1) from None  # the machine's first rank says it, once
+        raise
+    if bf16 and on.type != "cuda":
+        raise ImproviserError(f"--bf16 is for CUDA GPUs; this would train on {on} (leave out --bf16)")
     if not data and not corpus and not jsb:
         raise ImproviserError("give MIDI files/folders to train on, or --corpus bach-chorales, or --jsb FILE.json")
     if head not in ("nade", "independent"):
@@ -357,10 +370,11 @@ def train(
                                 key_bias=listening)
         seq_len, unit = TrainConfig.seq_len, "step"
         description = " + ".join(sources)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=seq_len)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, seed=seed, seq_len=seq_len,
+                      bf16=bf16)
     summary = run_train(train_p, valid_p, out, model_cfg, cfg, str(resume) if resume else None,
                         description=description + ", transposed to 12 keys", log=lambda s: typer.echo(s, err=True),
-                        init_from=str(init_from) if init_from else None)
+                        init_from=str(init_from) if init_from else None, device=device)
     if summary["rank"] == 0:
         typer.echo(f"best validation loss {summary['best_val_loss']:.3f} nats/{unit}; wrote {out}", err=True)
 
