@@ -394,7 +394,13 @@ def evaluate(
     harmony_check: bool = typer.Option(False, "--harmony", help="Four-part writing of --pieces free pieces of "
                                        "--seconds (default 20 of 30 s): parallel fifths and octaves, common "
                                        "chords on beats, four notes sounding; beside held-out Bach chorales."),
-    tunes: int = typer.Option(60, "--tunes", help="How many held-out melodies --listening uses."),
+    accompaniment_check: bool = typer.Option(False, "--accompaniment", help="Run accompany (and harmonise) on "
+                                             "held-out folk-tune files as a user would, and measure the files they "
+                                             "write beside Bach's lower voices: consonance, notes on top, bass, "
+                                             "common chords, four voices, parallels."),
+    part: str = typer.Option("report", "--part", help="Which part of the tune files --accompaniment uses: report "
+                             "(for figures) or tune (for tuning constants)."),
+    tunes: int = typer.Option(60, "--tunes", help="How many held-out melodies --listening or --accompaniment uses."),
     pieces: Optional[int] = typer.Option(None, "--pieces", help="How many pieces --originality (default 10) or "
                                          "--harmony (default 20) generates."),
     seconds: float = typer.Option(30.0, "--seconds", help="Length of each generated piece."),
@@ -407,9 +413,11 @@ def evaluate(
     """
     from .model.evaluate import check_jsb_model, frame_nll, perplexity_note
 
-    if not (jsb or data or originality_check or listening_check or harmony_check):
-        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, --originality, --listening or "
-                              "--harmony")
+    if not (jsb or data or originality_check or listening_check or harmony_check or accompaniment_check):
+        raise ImproviserError("say what to evaluate: --jsb FILE.json, --data DIR, --originality, --listening, "
+                              "--harmony or --accompaniment")
+    if part not in ("tune", "report"):
+        raise ImproviserError(f"--part must be tune or report (got {part!r})")
     if not (1 <= tunes <= 500):
         raise ImproviserError("--tunes must be 1..500")
     if split_name not in ("train", "valid", "test"):
@@ -455,6 +463,21 @@ def evaluate(
             raise ImproviserError("--listening plays along on a 16th-note grid; this checkpoint is a benchmark model")
         for line in format_listening(listening(model, tunes, temperature=temperature)):
             typer.echo(line)
+    if accompaniment_check:
+        from .live.accompaniment_eval import evaluate_accompaniment, format_accompaniment
+
+        available = [c.name or c.callback.__name__ for c in app.registered_commands]
+        extra = ["--checkpoint", str(checkpoint)] if checkpoint else []
+        for line in format_accompaniment(evaluate_accompaniment(_invoke_self, available, tunes, part, extra=extra)):
+            typer.echo(line)
+
+
+def _invoke_self(args: list[str]) -> tuple[int, str]:
+    """One of this CLI's commands, run in-process as a user would type it: (exit code, its output)."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, result.output
 
 
 def _originality(model, ckpt, n_pieces: int, seconds: float, temperature: float) -> None:
