@@ -130,13 +130,13 @@ PROGRAM_OPT = typer.Option(None, "--program", help="General MIDI program, 0..127
 class MusicOptions:
     """The options every command that makes music takes (generate, record, play, accompany)."""
 
-    bpm: float
-    temperature: float
-    stability: int
-    seed: Optional[int]
-    prime: Optional[Path]
-    checkpoint: Optional[Path]
-    key: str
+    bpm: Optional[float] = DEFAULT_BPM
+    temperature: float = 0.9
+    stability: int = 1
+    seed: Optional[int] = None
+    prime: Optional[Path] = None
+    checkpoint: Optional[Path] = None
+    key: str = "auto"
     key_hold: float = 3.0
     velocity: Optional[str] = None
     channel: Optional[int] = None
@@ -816,6 +816,76 @@ def accompany(
     session.write(out, bpm)
     typer.echo(f"wrote {out}: {session.length:.1f} s at {bpm:g} bpm, {len(session.notes('player'))} melody notes, "
                f"{len(session.notes())} of its own ({mode}) in {time.perf_counter() - t0:.2f} s", err=True)
+
+
+HARMONISE_PARAMS = {name: ACCOMPANY_PARAMS[name] for name in ("bpm", "seed", "checkpoint", "key", "program", "voices")}
+HARMONISE_PARAMS["temperature"] = (float, typer.Option(
+    0.5, "--temperature", "-t", help="0: the likeliest harmonisation; higher tries further from it (0..5)."))
+HARMONISE_PARAMS["channel"] = (Optional[int], typer.Option(
+    None, "--channel", help="MIDI channel for its parts, 1..16 (default 2; the tune keeps its own, 1)."))
+MAX_HARMONISE_SECONDS = 20 * 60.0
+
+
+@app.command()
+@cli_errors
+@with_options("music", MusicOptions, HARMONISE_PARAMS)
+def harmonise(
+    melody: Path = typer.Argument(..., help="A MIDI file holding the melody (its top line is taken)."),
+    out: Path = typer.Argument(..., help="MIDI file to write: the melody on a track named 'player', and its parts."),
+    music: MusicOptions = None,
+) -> None:
+    """Write alto, tenor and bass beneath a melody, as in a Bach chorale: offline, the whole tune known.
+
+    A chord on every beat of the melody's own meter, under its note, with a cadence where its phrases
+    end; the model judges each chord against what came before, rules keep the voices in order. The
+    melody is kept note for note, with its meter, pickup and tempo. The same seed gives the same file.
+
+    Example: improviser harmonise tune.mid chorale.mid --seed 1 --voices-on-channels
+    """
+    from .model.generator import parse_key
+    from .model.harmonise import harmonise as run_harmonise
+    from .model.harmonise import part_tracks
+    from .music.encoding import grid_to_timed_notes, read_midi, write_midi
+
+    music.check()
+    check_output(out)
+    model, _ = load_model(music.checkpoint)
+    tune = read_midi(melody, model.cfg.steps_per_beat)
+    seconds = len(tune) * 60.0 / tune.bpm / tune.steps_per_beat
+    if seconds > MAX_HARMONISE_SECONDS:
+        raise ImproviserError(f"{melody}: lasts {seconds / 60:.0f} minutes; harmonise takes up to "
+                              f"{MAX_HARMONISE_SECONDS / 60:.0f}: cut it into parts")
+    bpm = check_bpm(music.bpm or tune.bpm)
+    t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(1)  # small batches: one thread is faster than two that wait for each other
+    h = run_harmonise(model, tune, music.temperature, music.seed, parse_key(music.key))
+    if h.polyphonic:
+        typer.echo(f"{melody} has more than one note at a time: harmonised its top line", err=True)
+    channel = music.midi_channel(thru=True)
+    tracks = part_tracks(h, bpm, channel, music.voices)
+    tracks["player"] = grid_to_timed_notes(h.tune, bpm, 0)
+    program = music.gm_program()
+    programs = None
+    if program is not None:
+        programs = {name: sorted({(n.channel, program) for n in notes}) or [(channel, program)]
+                    for name, notes in tracks.items()}
+    step_s = 60.0 / bpm / tune.steps_per_beat
+    bar_line = ((tune.steps_per_bar - tune.bar_start) % tune.steps_per_bar) * step_s
+    tempo_map = tuple((step / tune.steps_per_beat, b) for step, b in tune.tempo_map) if music.bpm is None else ()
+    write_midi(out, tracks, bpm, length=len(tune) * step_s, programs=programs, meter=tune.time_signature,
+               bar_line=bar_line, tempo_map=tempo_map)
+    parts = sum(len(n) for name, n in tracks.items() if name != "player")
+    typer.echo(f"wrote {out}: {len(tracks['player'])} melody notes in {tune.time_signature} at {bpm:g} bpm, "
+               f"{parts} notes in three parts ({len(h.chords)} beats, {_key_text(h.key)}) "
+               f"in {time.perf_counter() - t0:.2f} s", err=True)
+
+
+def _key_text(key) -> str:
+    from .music.analysis import key_name
+
+    return key_name(*key)
 
 
 @app.command()

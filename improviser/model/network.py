@@ -279,7 +279,13 @@ class BachLSTM(nn.Module):
         (The forward pass, so DistributedDataParallel sees it.)
         """
         h, _ = self.lstm(x)
-        h = self.drop(h)
+        return self.head_log_prob(self.drop(h), x, y)
+
+    log_prob = forward
+
+    def head_log_prob(self, h: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """log p(frame y | the LSTM's output h before it, and its input x): (B, T, hidden), (B, T, n_inputs),
+        (B, T, n_pitches) -> (B, T). The head alone, so a caller that steps the LSTM itself can score frames."""
         b = self.head(h).view(*h.shape[:2], self.cfg.n_pitches, self.cfg.states)  # (B, T, n, K)
         if self.cfg.player_intervals:
             heard = x[..., input_columns(self.cfg)["player_sound"]]  # (B, T, n): the player's notes, previous step
@@ -297,8 +303,6 @@ class BachLSTM(nn.Module):
             b = b + torch.einsum("btnh,nkh->btnk", torch.sigmoid(a), self.nade_v)
         logp = torch.log_softmax(b, dim=-1)
         return logp.gather(-1, y[..., None])[..., 0].sum(-1)
-
-    log_prob = forward
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -66,6 +66,53 @@ class Frame:
         return np.flatnonzero(self.sound).tolist()
 
 
+@dataclass(frozen=True)
+class Meter:
+    """A time signature: ``numerator`` beats of a ``denominator`` note in a bar (3/4, 6/8, 12/8 ...).
+
+    On the step grid (``steps_per_beat`` steps to a quarter note): a bar is ``bar_steps`` steps, and its
+    beats -- what a listener taps, and where the harmony moves -- are ``beat_steps`` apart: a dotted quarter
+    in compound meters (6/8, 9/8, 12/8), else one ``denominator`` note.
+    """
+
+    numerator: int = 4
+    denominator: int = 4
+
+    def __post_init__(self) -> None:
+        if self.denominator not in (1, 2, 4, 8, 16) or not 1 <= self.numerator <= 32:
+            raise ValueError(f"not a time signature: {self.numerator}/{self.denominator}")
+
+    @classmethod
+    def parse(cls, text: str) -> Meter:
+        """'3/4', '6/8' ... -> Meter; ValueError otherwise."""
+        top, sep, bottom = str(text).strip().partition("/")
+        try:
+            return cls(int(top), int(bottom)) if sep else cls(int("x"))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a time signature such as 4/4, 3/4 or 6/8") from None
+
+    def __str__(self) -> str:
+        return f"{self.numerator}/{self.denominator}"
+
+    @property
+    def compound(self) -> bool:
+        return self.denominator >= 8 and self.numerator % 3 == 0 and self.numerator > 3
+
+    def unit_steps(self, steps_per_beat: int = STEPS_PER_BEAT) -> float:
+        return steps_per_beat * 4 / self.denominator
+
+    def bar_steps(self, steps_per_beat: int = STEPS_PER_BEAT) -> int:
+        return max(1, round(self.numerator * self.unit_steps(steps_per_beat)))
+
+    def beat_steps(self, steps_per_beat: int = STEPS_PER_BEAT) -> int:
+        return max(1, round(self.unit_steps(steps_per_beat) * (3 if self.compound else 1)))
+
+    def accent(self, position: int, steps_per_beat: int = STEPS_PER_BEAT) -> int:
+        """0 on the downbeat, 1 on another beat, 2 between beats; ``position`` = steps into the bar."""
+        position %= self.bar_steps(steps_per_beat)
+        return 0 if position == 0 else 1 if position % self.beat_steps(steps_per_beat) == 0 else 2
+
+
 @dataclass
 class Grid:
     """A piece on the step grid.
@@ -81,6 +128,8 @@ class Grid:
     bpm: float = 120.0
     velocity: np.ndarray | None = field(default=None, repr=False)
     bar_start: int = 0  # position of step 0 within its bar (non-zero for a pickup)
+    meter: Meter | None = None  # the time signature (None: beats_per_bar quarters)
+    tempo_map: tuple = ()  # ((step, bpm), ...) the tempo changes after the first (a file's, kept to write it back)
 
     def __post_init__(self) -> None:
         if self.onset.shape != self.sound.shape or self.onset.ndim != 2 or self.onset.shape[1] != N_MIDI:
@@ -91,8 +140,16 @@ class Grid:
         return self.onset.shape[0]
 
     @property
+    def time_signature(self) -> Meter:
+        return self.meter if self.meter is not None else Meter(self.beats_per_bar, 4)
+
+    @property
     def steps_per_bar(self) -> int:
-        return self.steps_per_beat * self.beats_per_bar
+        return self.time_signature.bar_steps(self.steps_per_beat)
+
+    @property
+    def beat_steps(self) -> int:
+        return self.time_signature.beat_steps(self.steps_per_beat)
 
     def transpose(self, semitones: int) -> Grid | None:
         """The piece moved by ``semitones``; None if a note would leave MIDI 0..127."""
@@ -207,11 +264,33 @@ def read_midi(path: str | os.PathLike, steps_per_beat: int = STEPS_PER_BEAT) -> 
     vel = np.array([n.velocity for n in notes])
     order = np.lexsort((pitch, start))
     onset, sound, velocity = notes_to_grid(pitch[order], start[order], end[order], velocity=vel[order])
-    tempos = pm.get_tempo_changes()[1]
+    times, tempos = pm.get_tempo_changes()
     bpm = float(tempos[0]) if len(tempos) else 120.0
-    ts = pm.time_signature_changes
-    beats_per_bar = ts[0].numerator if ts and ts[0].denominator == 4 and 2 <= ts[0].numerator <= 8 else 4
-    return Grid(onset, sound, steps_per_beat, beats_per_bar, bpm, velocity)
+    tempo_map = tuple((int(s), float(b)) for s, b in zip(np.round(to_beats(times[1:]) * steps_per_beat), tempos[1:]))
+    meter, bar_start = _meter_of(pm.time_signature_changes, to_beats, steps_per_beat)
+    return Grid(onset, sound, steps_per_beat, max(1, meter.bar_steps(steps_per_beat) // steps_per_beat), bpm,
+                velocity, bar_start, meter, tempo_map)
+
+
+def _meter_of(changes, to_beats, steps_per_beat: int) -> tuple[Meter, int]:
+    """A file's time signature and where its bar lines fall: (meter, bar_start). A pickup written as a short
+    first bar (a time signature that lasts less than a bar of the one after it, as notation programs export an
+    anacrusis: 1/4 then 3/4) puts step 0 that far before the first full bar; one written as rests before it
+    needs nothing."""
+    sigs = []
+    for ts in changes:
+        try:
+            sigs.append((int(round(to_beats(ts.time) * steps_per_beat)), Meter(ts.numerator, ts.denominator)))
+        except ValueError:
+            continue  # a signature we cannot put on the grid (a 32nd denominator) is passed over
+    if not sigs:
+        return Meter(), 0
+    first_at, first = sigs[0]
+    if len(sigs) >= 2 and first_at == 0:
+        second_at, second = sigs[1]
+        if 0 < second_at < second.bar_steps(steps_per_beat) and second_at <= first.bar_steps(steps_per_beat):
+            return second, second.bar_steps(steps_per_beat) - second_at
+    return first, (-first_at) % first.bar_steps(steps_per_beat)
 
 
 # The General MIDI program it plays with when none is asked for: String Ensemble 1 (49 in the GM list,
@@ -244,10 +323,15 @@ def grid_to_timed_notes(grid: Grid, bpm: float | None = None, channel: int = 0) 
 
 def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm: float,
                length: float | None = None, beats_per_bar: int = 4, ticks_per_beat: int = 480,
-               programs: dict[str, list[tuple[int, int]]] | None = None) -> None:
+               programs: dict[str, list[tuple[int, int]]] | None = None, meter: Meter | None = None,
+               bar_line: float = 0.0, tempo_map: tuple = ()) -> None:
     """Write notes (in seconds) to a type-1 MIDI file, one track per entry of ``tracks``, with the tempo.
 
     ``programs``: track name -> [(channel, General MIDI program)], program changes at the track's start.
+    ``meter`` (default: ``beats_per_bar`` quarters) and ``bar_line``, the time (s) of a bar line: a file that
+    starts partway into a bar (a pickup) opens with a short bar, as notation programs write one.
+    ``tempo_map``: ((beat, bpm), ...) tempo changes after the first; the notes' seconds are read at ``bpm``
+    (a note at s seconds is at beat s * bpm / 60) and the file plays them at the changed tempos.
 
     ``length`` (seconds) sets where the file ends, so a 30 s session is 30 s long
     even if its last note stops earlier. Written atomically: a temporary file in
@@ -258,8 +342,24 @@ def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm:
     mid = mido.MidiFile(type=1, ticks_per_beat=ticks_per_beat)
     end_tick = round(length * ticks_per_s) if length is not None else 0
     conductor = mido.MidiTrack()
-    conductor.append(mido.MetaMessage("set_tempo", tempo=tempo, time=0))
-    conductor.append(mido.MetaMessage("time_signature", numerator=beats_per_bar, denominator=4, time=0))
+    meter = meter or Meter(beats_per_bar, 4)
+    bar_ticks = round(meter.numerator * 4 / meter.denominator * ticks_per_beat)
+    meta = [(0, mido.MetaMessage("set_tempo", tempo=tempo))]
+    meta += [(round(beat * ticks_per_beat), mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(b)))
+             for beat, b in tempo_map]
+    short = round(bar_line * ticks_per_s) % bar_ticks
+    unit = ticks_per_beat * 4 // meter.denominator
+    if short and short % unit == 0:  # the pickup bar, in the meter's own unit
+        meta.append((0, mido.MetaMessage("time_signature", numerator=short // unit, denominator=meter.denominator)))
+        meta.append((short, mido.MetaMessage("time_signature", numerator=meter.numerator,
+                                             denominator=meter.denominator)))
+    else:
+        meta.append((0, mido.MetaMessage("time_signature", numerator=meter.numerator, denominator=meter.denominator)))
+    meta.sort(key=lambda m: m[0])
+    now = 0
+    for tick, msg in meta:
+        conductor.append(msg.copy(time=tick - now))
+        now = tick
     mid.tracks.append(conductor)
     events_per_track = []
     for name, notes in tracks.items():
@@ -298,7 +398,7 @@ def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm:
             now = tick
         track.append(mido.MetaMessage("end_of_track", time=max(0, end_tick - now)))
         mid.tracks.append(track)
-    conductor.append(mido.MetaMessage("end_of_track", time=end_tick))
+    conductor.append(mido.MetaMessage("end_of_track", time=max(0, end_tick - now)))
     atomic_write(path, mid.save)
 
 
