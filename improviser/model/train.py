@@ -479,6 +479,28 @@ def _fewest(n: int, device: torch.device) -> int:
     return int(t)
 
 
+def optimizer(model: BachLSTM, lr: float) -> torch.optim.Adam:
+    """Adam over the model's parameters, wherever they are."""
+    # The direct biases start at zero and need values of a few nats: at the LSTM's step size (Adam moves
+    # each weight by about lr per batch) it would take hundreds of epochs, so it gets a larger one.
+    fast = [p for name, p in model.named_parameters() if name in FAST]
+    rest = [p for name, p in model.named_parameters() if name not in FAST]
+    groups = [{"params": rest}] + ([{"params": fast, "lr": lr * FAST_LR}] if fast else [])
+    return torch.optim.Adam(groups, lr=lr)
+
+
+def train_step(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, m: torch.Tensor,
+               clip: float, bf16: bool = False) -> torch.Tensor:
+    """One optimiser step on a batch already on the model's device; the loss, not read back (no waiting)."""
+    with torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        loss = masked_nll(net, x, y, m)  # log_softmax and the sums stay float32 under autocast
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+    return loss
+
+
 def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.PathLike,
           model_cfg: ModelConfig | None = None, cfg: TrainConfig | None = None, resume: str | None = None,
           description: str = "", progress: bool = True, log=print, init_from: str | None = None,
@@ -525,12 +547,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
             model = BachLSTM(model_cfg)  # made on the CPU, so a seed gives the same start on every device
     model.to(dev)
     mcfg = model.cfg
-    # The direct biases start at zero and need values of a few nats: at the LSTM's step size (Adam moves
-    # each weight by about lr per batch) it would take hundreds of epochs, so it gets a larger one.
-    fast = [p for name, p in model.named_parameters() if name in FAST]
-    rest = [p for name, p in model.named_parameters() if name not in FAST]
-    groups = [{"params": rest}] + ([{"params": fast, "lr": cfg.lr * FAST_LR}] if fast else [])
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    opt = optimizer(model, cfg.lr)
     if opt_state:
         opt.load_state_dict(opt_state)  # its moments go to the parameters' device
     net = model
@@ -562,7 +579,6 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
         # The next chunk's windows are made on the CPU while the GPU trains on this one. On the CPU the
         # same thread would take cores from the training itself.
         chunks = ahead(chunks, 1)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg.bf16 else contextlib.nullcontext
     show = progress and rank == 0
     t0 = time.monotonic()
     epoch = start_epoch
@@ -579,12 +595,7 @@ def train(train_pieces: list[Piece], valid_pieces: list[Piece], out: str | os.Pa
                     n_batches = _fewest(n_batches, dev)
                 for b in range(n_batches):
                     idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    with autocast():
-                        loss = masked_nll(net, batch_to(x, idx, dev), batch_to(y, idx, dev), batch_to(m, idx, dev))
-                    opt.zero_grad()
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-                    opt.step()
+                    loss = train_step(net, opt, *(batch_to(t, idx, dev) for t in (x, y, m)), cfg.clip, cfg.bf16)
                     # Kept on the device: reading a loss back waits for the GPU to finish the step.
                     running = 0.9 * running + 0.1 * loss.detach().float() if b_all else loss.detach().float()
                     b_all += 1
