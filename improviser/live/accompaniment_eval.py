@@ -15,6 +15,12 @@ Reading an output back:
 - beats and bar lines are the SOURCE file's: its time signature and where its pickup puts the first bar line
   (``read_midi``'s ``meter`` and ``bar_start``), whatever the output's conductor track says.
 
+Measured at e0931bd with ad380d4's harmonise (``improviser evaluate --accompaniment --tunes 30 --part report``;
+consonant / on top / bass / common chords / four voices / parallels per 100 changes / s a tune):
+accompany 74 / 59 / 34 / 36 / 36 % / 17.3 / 1.35 s; harmonise 81 / 99 / 97 / 100 / 100 % / 0.0 / 0.37 s;
+Bach (38 held-out four-part chorales) 76 / 100 / 97 / 90 / 91 % / 2.4. On part "tune": accompany 74 / 64 / 34 /
+35 / 35 % / 7.9; harmonise 86 / 100 / 99 / 100 / 100 % / 0.0.
+
 This module does not import the CLI (nothing does): the CLI hands in ``invoke``, which runs one of its own
 commands in-process (typer's CliRunner) and returns the exit code and output.
 """
@@ -108,7 +114,7 @@ def run_command(invoke: Invoke, command: str, files: Sequence[Path], folder: Pat
         code, text = invoke([command, str(source), str(out), "--seed", str(i), *extra])
         seconds.append(time.perf_counter() - t0)
         if code != 0 or not out.is_file():
-            errors.append(f"{source.name}: exit {code}: {text.strip().splitlines()[-1:] or ''}")
+            errors.append(f"{source.name}: exit {code}: {(text.strip().splitlines() or [''])[-1]}")
             continue
         counts.append(file_counts(source, out))
     summary = accompaniment_summary(counts)
