@@ -142,6 +142,7 @@ class MusicOptions:
     channel: Optional[int] = None
     program: Optional[int] = None
     voices: bool = False
+    meter: Optional[str] = None
 
     def check(self) -> MusicOptions:
         from .model.generator import check_controls, parse_key, parse_velocity_range
@@ -153,11 +154,23 @@ class MusicOptions:
         if not (0 <= self.key_hold <= 20) or math.isnan(self.key_hold):
             raise ImproviserError(f"--key-hold {self.key_hold}: give 0 (free) .. 20 (the default is 3)")
         parse_velocity_range(self.velocity)
+        self.time_signature()
         if self.channel is not None and not 1 <= self.channel <= 16:
             raise ImproviserError(f"--channel {self.channel}: MIDI channels are 1..16")
         if self.program is not None and not -1 <= self.program <= 127:
             raise ImproviserError(f"--program {self.program}: General MIDI programs are 0..127 (-1: send none)")
         return self
+
+    def time_signature(self, default=None):
+        """--meter as a Meter; without it ``default`` (a melody file's own), else 4/4."""
+        from .music.encoding import Meter
+
+        if self.meter is None:
+            return default or Meter()
+        try:
+            return Meter.parse(self.meter)
+        except ValueError as e:
+            raise ImproviserError(f"--meter: {e}") from None
 
     def midi_channel(self, thru: bool = False) -> int:
         """Its own channel, 0-based: --channel, else 1 (2 with --thru, leaving 1 to the player)."""
@@ -191,6 +204,8 @@ MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
     "channel": (Optional[int], CHANNEL_OPT),
     "program": (Optional[int], PROGRAM_OPT),
     "voices": (bool, VOICES_OPT),
+    "meter": (Optional[str], typer.Option(None, "--meter", help="Time signature, e.g. 3/4 or 6/8 (default 4/4; "
+                                          "accompany: the melody file's own): bar lines and accents.")),
 }
 
 
@@ -250,8 +265,9 @@ def generate(
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     t0 = time.perf_counter()
     n_steps = math.ceil(seconds * music.bpm / 60.0 * model.cfg.steps_per_beat)
+    meter = music.time_signature()
     grid = gen(model, n_steps, music.temperature, music.stability, music.seed, primer, key=music.key,
-               key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity))
+               key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity), meter=meter)
     channel, program = music.midi_channel(), music.gm_program()
     if music.voices:
         from .music.voices import voice_tracks
@@ -262,7 +278,8 @@ def generate(
     else:
         notes = grid_to_timed_notes(grid, music.bpm, channel)
         tracks, programs = {"improviser": notes}, {"improviser": [(channel, program)]}
-    write_midi(out, tracks, music.bpm, length=seconds, programs=programs if program is not None else None)
+    write_midi(out, tracks, music.bpm, length=seconds, programs=programs if program is not None else None,
+               meter=meter)
     typer.echo(f"wrote {out}: {seconds:g} s, {len(notes)} notes at {music.bpm:g} bpm "
                f"in {time.perf_counter() - t0:.2f} s", err=True)
 
@@ -671,7 +688,7 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
     return listening, timing, listener
 
 
-def _live_generator(music: MusicOptions):
+def _live_generator(music: MusicOptions, meter=None, bar_start: int = 0):
     """The streaming generator the live commands play, having listened to the primer if any. Made before any
     port is opened: loading stalls Python for a while, and so does the one garbage collection after it (what
     is loaded is then frozen out of later ones: ``realtime_process``), and JACK's clock is upset by a client
@@ -683,7 +700,8 @@ def _live_generator(music: MusicOptions):
     model, _ = load_model(music.checkpoint)
     music.check_model(model, music.checkpoint)
     gen = StreamingGenerator(model, music.temperature, music.stability, music.seed, key=music.key,
-                             key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity))
+                             key_hold=music.key_hold, velocity=parse_velocity_range(music.velocity),
+                             meter=music.time_signature(meter), bar_start=0 if music.meter else bar_start)
     primer = load_prime(music.prime, model.cfg.steps_per_beat)
     if primer is not None:
         gen.prime(primer)
@@ -809,11 +827,11 @@ def accompany(
     tune = read_midi(melody, model.cfg.steps_per_beat)
     bpm = music.bpm or tune.bpm
     check_bpm(bpm)
-    gen = _live_generator(music)
+    gen = _live_generator(music, tune.time_signature, tune.bar_start)
     t0 = time.perf_counter()
     session = run_accompany(gen, tune, bpm, mode, respond_after, extra, channel=music.midi_channel(),
                             program=music.gm_program(), voices=music.voices)
-    session.write(out, bpm)
+    session.write(out, bpm, tune.tempo_beats() if music.bpm is None else ())
     typer.echo(f"wrote {out}: {session.length:.1f} s at {bpm:g} bpm, {len(session.notes('player'))} melody notes, "
                f"{len(session.notes())} of its own ({mode}) in {time.perf_counter() - t0:.2f} s", err=True)
 
@@ -873,9 +891,8 @@ def harmonise(
                     for name, notes in tracks.items()}
     step_s = 60.0 / bpm / tune.steps_per_beat
     bar_line = ((tune.steps_per_bar - tune.bar_start) % tune.steps_per_bar) * step_s
-    tempo_map = tuple((step / tune.steps_per_beat, b) for step, b in tune.tempo_map) if music.bpm is None else ()
     write_midi(out, tracks, bpm, length=len(tune) * step_s, programs=programs, meter=tune.time_signature,
-               bar_line=bar_line, tempo_map=tempo_map)
+               bar_line=bar_line, tempo_map=tune.tempo_beats() if music.bpm is None else ())
     parts = sum(len(n) for name, n in tracks.items() if name != "player")
     typer.echo(f"wrote {out}: {len(tracks['player'])} melody notes in {tune.time_signature} at {bpm:g} bpm, "
                f"{parts} notes in three parts ({len(h.chords)} beats, {_key_text(h.key)}) "

@@ -213,7 +213,10 @@ class LiveEngine:
         timer = None
         try:
             start = self.clock.now() + START_DELAY
-            self.recorder = SessionRecorder(start, voices=self.voices is not None)
+            gen = self.generator
+            self.recorder = SessionRecorder(start, voices=self.voices is not None, meter=gen.meter,
+                                            bar_time=start - gen.bar_position() * self.step_seconds,
+                                            bar_seconds=gen.steps_per_bar * self.step_seconds)
             if self.program is not None:
                 for channel in self.voices.channels if self.voices is not None else (self.channel,):
                     change = mido.Message("program_change", channel=channel, program=self.program)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mido
 
-from ..music.encoding import TimedNote, write_midi
+from ..music.encoding import Meter, TimedNote, write_midi
 from ..music.voices import VOICE_CHANNELS, VOICE_NAMES, split_voices
 
 IMPROVISER = "improviser"
@@ -35,12 +35,15 @@ class Session:
     tracks: dict[str, list[TimedNote]] = field(default_factory=dict)
     programs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # track -> [(channel, program)]
     voices: bool = False  # its notes are four voices on channels 1-4: written as a track per voice
+    meter: Meter | None = None  # the time signature it played in (None: 4/4)
+    bar_line: float = 0.0  # seconds from its start to a bar line (a session that starts inside a bar)
 
     def notes(self, track: str = IMPROVISER) -> list[TimedNote]:
         return self.tracks.get(track, [])
 
-    def write(self, path: str | os.PathLike, bpm: float) -> Path:
-        """Write the session as a MIDI file (atomically), every track present even if empty."""
+    def write(self, path: str | os.PathLike, bpm: float, tempo_map: tuple = ()) -> Path:
+        """Write the session as a MIDI file (atomically), every track present even if empty; ``tempo_map``:
+        ((beat, bpm), ...) tempo changes to write after the first (``write_midi``)."""
         tracks = {name: self.notes(name) for name in TRACKS}
         programs = dict(self.programs)
         if self.voices:
@@ -48,7 +51,8 @@ class Session:
             tracks = {**voices, **tracks}
             own = dict(programs.pop(IMPROVISER, []))
             programs.update({name: [(ch, own[ch])] for name, ch in zip(VOICE_NAMES, VOICE_CHANNELS) if ch in own})
-        write_midi(path, tracks, bpm, length=self.length, programs=programs)
+        write_midi(path, tracks, bpm, length=self.length, programs=programs, meter=self.meter, bar_line=self.bar_line,
+                   tempo_map=tempo_map)
         return Path(path)
 
 
@@ -68,8 +72,14 @@ class SessionRecorder:
     start: clock time at which the first session begins.
     """
 
-    def __init__(self, start: float, voices: bool = False):
+    def __init__(self, start: float, voices: bool = False, meter: Meter | None = None, bar_time: float | None = None,
+                 bar_seconds: float = 0.0):
+        """meter, bar_time, bar_seconds: the time signature, the clock time of a bar line and a bar's length, so
+        each session's file has its bar lines where they were played."""
         self.voices = voices
+        self.meter = meter
+        self.bar_time = start if bar_time is None else bar_time
+        self.bar_seconds = bar_seconds
         self.session_start = start
         self.index = 0
         self._open: dict[tuple[str, int, int], _Open] = {}  # (track, channel, pitch) -> its note-on
@@ -108,10 +118,12 @@ class SessionRecorder:
         t = max(t, self.session_start)
         for key in list(self._open):
             self._close(key, t)
+        bar_line = (self.bar_time - self.session_start) % self.bar_seconds if self.bar_seconds else 0.0
         session = Session(self.index, self.session_start, t - self.session_start,
                           {name: sorted(notes, key=lambda n: (n.start, n.pitch)) for name, notes in
                            self._notes.items()},
-                          {name: sorted(chans.items()) for name, chans in self._programs.items()}, self.voices)
+                          {name: sorted(chans.items()) for name, chans in self._programs.items()}, self.voices,
+                          self.meter, bar_line)
         self.index += 1
         self.session_start = t
         self._notes = {name: [] for name in TRACKS}

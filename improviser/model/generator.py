@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ImproviserError
 from ..music import analysis
 from ..music import harmony_metrics as harmony
-from ..music.encoding import N_MIDI, Frame, Grid
+from ..music.encoding import N_MIDI, Frame, Grid, Meter
 from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
 MAX_STABILITY = 64  # steps; 4 bars of 16ths
@@ -135,7 +135,8 @@ class StreamingGenerator:
     def __init__(self, model: BachLSTM, temperature: float = 1.0, note_stability: int = 1,
                  seed: int | None = None, beats_per_bar: int = 4, key: str | None = None,
                  guard: bool = True, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127),
-                 voicing: bool | None = None, voice_tries: int = VOICE_TRIES, voice_with_player: bool = True):
+                 voicing: bool | None = None, voice_tries: int = VOICE_TRIES, voice_with_player: bool = True,
+                 meter: Meter | None = None, bar_start: int = 0):
         check_controls(temperature, note_stability)
         if not 1 <= velocity[0] <= velocity[1] <= 127:
             raise ImproviserError(f"velocity bounds must be 1 <= lo <= hi <= 127 (got {velocity})")
@@ -172,8 +173,20 @@ class StreamingGenerator:
         self.temperature = float(temperature)
         self.note_stability = int(note_stability)
         self.rng = np.random.default_rng(seed)
-        self.steps_per_bar = self.cfg.steps_per_beat * beats_per_bar
+        self.set_meter(meter or Meter(beats_per_bar, 4), bar_start)
         self.reset()
+
+    def set_meter(self, meter: Meter, bar_start: int = 0) -> None:
+        """The time signature it plays in, and where its first step falls in a bar (a pickup: steps into it)."""
+        spb = self.cfg.steps_per_beat
+        self.meter = meter
+        self.steps_per_bar = meter.bar_steps(spb)
+        self.beat_steps = meter.beat_steps(spb)
+        self.bar_start = int(bar_start) % self.steps_per_bar
+
+    def bar_position(self) -> int:
+        """Steps into the bar of the step about to be made."""
+        return (self.step_index + self.bar_start) % self.steps_per_bar
 
     def reset(self) -> None:
         """Forget everything: silent, hidden state zero, at the start of a bar."""
@@ -214,7 +227,7 @@ class StreamingGenerator:
         if heard.onset.any():
             v = float(heard.velocity)
             self.level = v if self.level is None else self.level + LEVEL_FOLLOW * (v - self.level)
-        pos = np.array([self.step_index % self.steps_per_bar])
+        pos = np.array([self.bar_position()])
         self.player_memory.strike(heard.onset)
         if self.cfg.player_input:
             # The key memory takes the previous step's notes, the model's and the player's, before this one.
@@ -254,7 +267,7 @@ class StreamingGenerator:
             banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
             banned[:, 0] = False
         bias = self._key_bias()
-        on_beat = self.step_index % cfg.steps_per_beat == 0
+        on_beat = self.bar_position() % self.beat_steps == 0
         # The player's notes (those sounding at the last step: what it has heard of this beat) are voices too:
         # with a line of up to three notes it fills in the rest of the four parts around them.
         heard = np.flatnonzero(self._player).tolist()
@@ -320,7 +333,7 @@ class StreamingGenerator:
         """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves
         freely: passing notes, suspensions): neither four notes nor none; three or more notes that are no
         common chord; each consecutive fifth or octave against the last beat's four notes."""
-        if self.step_index % self.cfg.steps_per_beat:
+        if self.bar_position() % self.beat_steps:
             return 0
         pitches = (np.flatnonzero(state) + self.cfg.low).tolist()
         if heard:  # the player's notes and its own, as one texture (a unison with the player is one voice less)
@@ -381,8 +394,7 @@ class StreamingGenerator:
 
     def _velocity(self) -> int:
         """The player's level (or LEVEL) with a metrical accent, within the bounds; the model has no velocity."""
-        pos = self.step_index % self.steps_per_bar
-        accent = ACCENT[0] if pos == 0 else ACCENT[1] if pos % self.cfg.steps_per_beat == 0 else ACCENT[2]
+        accent = ACCENT[self.meter.accent(self.bar_position(), self.cfg.steps_per_beat)]
         level = LEVEL if self.level is None else self.level
         lo, hi = self.velocity_range
         return int(min(hi, max(lo, round(level + accent))))
@@ -390,10 +402,13 @@ class StreamingGenerator:
 
 def generate(model: BachLSTM, n_steps: int, temperature: float = 1.0, note_stability: int = 1,
              seed: int | None = None, prime: Grid | None = None, beats_per_bar: int = 4,
-             key: str | None = None, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127)) -> Grid:
-    """Generate ``n_steps`` steps offline (after listening to ``prime``, if given)."""
+             key: str | None = None, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127),
+             meter: Meter | None = None) -> Grid:
+    """Generate ``n_steps`` steps offline (after listening to ``prime``, if given), in ``meter`` (default
+    ``beats_per_bar`` quarters)."""
+    meter = meter or Meter(beats_per_bar, 4)
     gen = StreamingGenerator(model, temperature, note_stability, seed, beats_per_bar, key, key_hold=key_hold,
-                             velocity=velocity)
+                             velocity=velocity, meter=meter)
     if prime is not None:
         gen.prime(prime)
     onset = np.zeros((n_steps, N_MIDI), bool)
@@ -403,4 +418,5 @@ def generate(model: BachLSTM, n_steps: int, temperature: float = 1.0, note_stabi
         f = gen.step()
         onset[t], sound[t] = f.onset, f.sound
         vel[t, f.onset] = f.velocity
-    return Grid(onset, sound, model.cfg.steps_per_beat, beats_per_bar, velocity=vel)
+    return Grid(onset, sound, model.cfg.steps_per_beat, max(1, gen.steps_per_bar // model.cfg.steps_per_beat),
+                velocity=vel, meter=meter)

@@ -151,6 +151,10 @@ class Grid:
     def beat_steps(self) -> int:
         return self.time_signature.beat_steps(self.steps_per_beat)
 
+    def tempo_beats(self) -> tuple:
+        """The tempo changes as ((beat, bpm), ...), as ``write_midi`` takes them."""
+        return tuple((step / self.steps_per_beat, bpm) for step, bpm in self.tempo_map)
+
     def transpose(self, semitones: int) -> Grid | None:
         """The piece moved by ``semitones``; None if a note would leave MIDI 0..127."""
         if semitones == 0:
@@ -348,9 +352,12 @@ def write_midi(path: str | os.PathLike, tracks: dict[str, list[TimedNote]], bpm:
     meta += [(round(beat * ticks_per_beat), mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(b)))
              for beat, b in tempo_map]
     short = round(bar_line * ticks_per_s) % bar_ticks
-    unit = ticks_per_beat * 4 // meter.denominator
-    if short and short % unit == 0:  # the pickup bar, in the meter's own unit
-        meta.append((0, mido.MetaMessage("time_signature", numerator=short // unit, denominator=meter.denominator)))
+    # The pickup bar in the meter's own unit, else in the smallest note that measures it (a 16th at most).
+    unit = next((ticks_per_beat * 4 // d for d in (meter.denominator, 8, 16) if d >= meter.denominator
+                 and short % (ticks_per_beat * 4 // d) == 0), 0)
+    if short and unit:
+        meta.append((0, mido.MetaMessage("time_signature", numerator=short // unit,
+                                         denominator=ticks_per_beat * 4 // unit)))
         meta.append((short, mido.MetaMessage("time_signature", numerator=meter.numerator,
                                              denominator=meter.denominator)))
     else:
