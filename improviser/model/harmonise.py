@@ -56,6 +56,7 @@ CADENCE_BONUS = 4.0  # a phrase end on a root-position tonic (half of it on the 
 DISSONANCE_COST = 2.0
 CONSONANT_GAPS = np.array(sorted(CONSONANT))
 MAX_STEPS = 20 * 60 * 8  # 20 minutes at 120 bpm in 16ths
+LOWEST_SOPRANO = 47  # B2: the lowest tune note with three parts under it in the wide ranges
 HELD = "held"  # a beat's entry in ``chords`` where the last chord is held on (a cadence under a long note)
 
 
@@ -91,7 +92,7 @@ def top_line(grid: Grid) -> tuple[Grid, bool]:
 @functools.lru_cache(maxsize=128)
 def voicings(soprano: int, wide: bool = False) -> np.ndarray:
     """int (C, 3): every (alto, tenor, bass) under ``soprano`` in range and order that makes a common chord
-    with it (see the module's docstring)."""
+    with it (see the module's docstring); none under ``LOWEST_SOPRANO``."""
     r = WIDE if wide else RANGES
     out = []
     for a in range(r["alto"][0], min(r["alto"][1], soprano - 1) + 1):
@@ -108,6 +109,10 @@ def voicings(soprano: int, wide: bool = False) -> np.ndarray:
                     out.append((a, t, b))
     if not out and not wide:
         return voicings(soprano, True)
+    if not out and soprano > r["alto"][1]:
+        # A tune above D6 (a flute's or a descant's): the parts keep their ranges and take the chord they would
+        # under its note an octave (or two) lower; the tune sounds over them.
+        return voicings(soprano - 12)
     return np.array(out, np.int64).reshape(-1, 3)
 
 
@@ -205,6 +210,12 @@ class Harmoniser:
         bar = tune.steps_per_bar
         first = (-tune.bar_start) % beat  # the first step on a beat of the tune's meter
         sopranos = beat_sopranos(tune, beat, first)
+        low = min((s for s in sopranos if s is not None), default=LOWEST_SOPRANO)
+        if low < LOWEST_SOPRANO:
+            octaves = -(-(LOWEST_SOPRANO - low) // 12)
+            raise ImproviserError(f"the tune goes down to MIDI note {low} on a beat: too low for three parts under it "
+                                  f"(harmonise takes tunes from B2, MIDI {LOWEST_SOPRANO}, up); transpose it up "
+                                  + ("an octave" if octaves == 1 else f"{octaves} octaves"))
         n_beats = len(sopranos)
         ends, held = phrase_ends(tune, beat, first, n_beats)
         # The steps before the first beat (a pickup shorter than a beat): the tune alone.
