@@ -222,6 +222,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     mido.MidiFile(tracks=[mido.MidiTrack()]).save(empty)
     drums = write_tune(tmp_path / "drums.mid", [(36, E)] * 16, channel=9)
     long = write_tune(tmp_path / "long.mid", [(60 + i % 12, Q) for i in range(25 * 120)], bpm=120)  # 25 minutes
+    # 15 minutes at 240 bpm: 3,600 beats, more than the 2,400 it takes (once refused as over "20 minutes").
+    fast = write_tune(tmp_path / "fast.mid", [(60 + i % 12, Q) for i in range(15 * 240)], bpm=240)
     folder = tmp_path / "folder.mid"
     folder.mkdir()
     cases = [
@@ -229,6 +231,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
         ((empty, out), ["no pitched notes"]),
         ((drums, out), ["no pitched notes"]),
         ((long, out), ["25 minutes", "20"]),
+        ((fast, out), ["3600 beats", "2400"]),
         ((tune, tmp_path / "no" / "such" / "o.mid"), ["does not exist"]),
         ((tune, folder), ["is a folder"]),
     ]

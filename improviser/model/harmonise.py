@@ -195,7 +195,9 @@ class Harmoniser:
 
     def __call__(self, melody: Grid) -> Harmonisation:
         if len(melody) > MAX_STEPS:
-            raise ImproviserError(f"the melody lasts {len(melody)} steps; harmonise takes up to 20 minutes of music")
+            beats = len(melody) / melody.steps_per_beat
+            raise ImproviserError(f"the melody lasts {beats:.0f} beats; harmonise takes up to "
+                                  f"{MAX_STEPS // melody.steps_per_beat} (20 minutes at 120 bpm): cut it into parts")
         tune, polyphonic = top_line(melody)
         if not tune.sound.any():
             raise ImproviserError("the melody file holds no notes to harmonise")
