@@ -14,6 +14,7 @@ from ..errors import ImproviserError
 from ..music import analysis
 from ..music import harmony_metrics as harmony
 from ..music.encoding import N_MIDI, Frame, Grid, Meter
+from .accompanist import Accompanist
 from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
 
 MAX_STABILITY = 64  # steps; 4 bars of 16ths
@@ -136,7 +137,7 @@ class StreamingGenerator:
                  seed: int | None = None, beats_per_bar: int = 4, key: str | None = None,
                  guard: bool = True, key_hold: float = KEY_HOLD, velocity: tuple[int, int] = (1, 127),
                  voicing: bool | None = None, voice_tries: int = VOICE_TRIES, voice_with_player: bool = True,
-                 meter: Meter | None = None, bar_start: int = 0):
+                 meter: Meter | None = None, bar_start: int = 0, accompanist: bool = True):
         check_controls(temperature, note_stability)
         if not 1 <= velocity[0] <= velocity[1] <= 127:
             raise ImproviserError(f"velocity bounds must be 1 <= lo <= hi <= 127 (got {velocity})")
@@ -174,6 +175,10 @@ class StreamingGenerator:
         self.note_stability = int(note_stability)
         self.rng = np.random.default_rng(seed)
         self.set_meter(meter or Meter(beats_per_bar, 4), bar_start)
+        # Accompanying a line: three parts under it, a chord a beat (a listening model of four-part music).
+        self.accompanist = None
+        if accompanist and model.cfg.player_input and getattr(model, "four_part", False):
+            self.accompanist = Accompanist(self.cfg.low, self.cfg.n_pitches, self.cfg.states, self.rng)
         self.reset()
 
     def set_meter(self, meter: Meter, bar_start: int = 0) -> None:
@@ -198,6 +203,9 @@ class StreamingGenerator:
         self.age = np.zeros(N_MIDI, np.int64)  # steps each of its sounding notes has lasted
         self._heard = Frame.silent()
         self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
+        self._struck = False  # the player struck a note at the previous step
+        if self.accompanist is not None:
+            self.accompanist.reset()
         self.level: float | None = None  # the player's dynamics, once heard
         self._beat_chord: list[int] = []  # the last beat's voices (its notes and the player's), for the voice leading
         # The fingerprint of its last COPY_STEPS - 1 frames, kept from step to step: the copy check's window.
@@ -224,6 +232,7 @@ class StreamingGenerator:
             self.hear(heard)
         heard, self._heard = self._heard, Frame.silent()
         self._player = heard.sound
+        self._struck = heard.onset.any()
         if heard.onset.any():
             v = float(heard.velocity)
             self.level = v if self.level is None else self.level + LEVEL_FOLLOW * (v - self.level)
@@ -277,6 +286,14 @@ class StreamingGenerator:
         may_copy = lead is not None and (self.leads is None or lead in self.leads)
         tries = self.voice_tries if voicing or may_copy else 1
         start = self.net.step_logits(h, self._player[lo:hi], bias)
+        if self.accompanist is not None:
+            state = self.accompanist.step(self.net, start, heard, bool(self._struck), on_beat, self.key(),
+                                          self.last.sound, self.temperature)
+            if state is not None:
+                onset, sound = self._frame_of(state)
+                if on_beat:
+                    self._beat_chord = sorted(set(np.flatnonzero(sound).tolist()).union(heard))
+                return Frame(onset, sound, self._velocity())
         # From silence the likeliest next step is more silence, and from a held chord holding on, step after
         # step: at a low temperature it would never start (below ~0.5 nothing at all) or never move on. After
         # silence, or a bar with nothing struck, a step is drawn at no less than START_TEMPERATURE.

@@ -35,7 +35,6 @@ from ..music import analysis
 from ..music import harmony_metrics as harmony
 from ..music.encoding import N_MIDI, Grid
 from ..music.listening_metrics import CONSONANT
-from .generator import key_shares
 from .network import BachLSTM, KeyMemory, frame_features, frame_targets
 
 # Chorale ranges (MIDI): the lowest and highest note of each lower part, and a wider fallback for a tune
@@ -176,6 +175,21 @@ def phrase_ends(tune: Grid, beat: int, first: int, n_beats: int) -> tuple[set[in
     return ends, held
 
 
+def leading_costs(prev, prev_soprano, cands: np.ndarray, soprano: int) -> np.ndarray:
+    """The rules between the last beat's chord (alto, tenor, bass; the tune's note over it) and each candidate
+    (C, 3) under ``soprano``: minus the costs of consecutive fifths and octaves, and of leaps."""
+    a0, t0, b0 = prev
+    cost = np.zeros(len(cands))
+    inner = np.maximum(np.abs(cands[:, 0] - a0) - 5, 0) + np.maximum(np.abs(cands[:, 1] - t0) - 5, 0)
+    cost -= LEAP_COST * inner
+    leap = np.abs(cands[:, 2] - b0)
+    cost -= BASS_LEAP_COST * (np.maximum(leap - 12, 0) + 0.5 * np.maximum(leap - 7, 0))
+    if prev_soprano is not None:
+        after = np.column_stack([cands[:, 2], cands[:, 1], cands[:, 0], np.full(len(cands), soprano)])
+        cost -= PARALLEL_COST * parallels_to([b0, t0, a0, prev_soprano], after)
+    return cost
+
+
 class Harmoniser:
     """Alto, tenor and bass under a tune, offline (``harmonise``): a beam search over its beats, each beam with
     the model's state (see the module's docstring)."""
@@ -226,6 +240,8 @@ class Harmoniser:
         tune_snd = np.zeros((total, N_MIDI), bool)
         tune_on[: len(tune)], tune_snd[: len(tune)] = tune.onset[:total], tune.sound[:total]
         bar_pos = (np.arange(total) + tune.bar_start) % bar
+
+        from .generator import key_shares
 
         memory = KeyMemory()
         memory.pin(key_shares(self.model, key))
@@ -316,7 +332,7 @@ class Harmoniser:
         for i, beam in enumerate(beams):
             prev = last_chord(beam[3])
             if prev is not None and not rest:
-                base[i] += self._leading(prev, beam[4], cands, soprano)
+                base[i] += leading_costs(prev, beam[4], cands, soprano)
         # The model judges the SHORTLIST candidates the rules like best for each beam: each beam's state, then
         # the beat's first frame (the chord struck under the tune's note) for each of its candidates.
         short = np.argsort(-base, axis=1, kind="stable")[:, :SHORTLIST]  # (B, S)
@@ -379,20 +395,6 @@ class Harmoniser:
         h0 = torch.zeros(self.cfg.layers, 1, self.cfg.hidden)
         _, state = self.model.lstm(x, (h0, h0.clone()))
         return state
-
-    @staticmethod
-    def _leading(prev, prev_soprano, cands, soprano) -> np.ndarray:
-        """The rules between the last beat's chord and each candidate: parallels, leaps."""
-        a0, t0, b0 = prev
-        cost = np.zeros(len(cands))
-        inner = np.maximum(np.abs(cands[:, 0] - a0) - 5, 0) + np.maximum(np.abs(cands[:, 1] - t0) - 5, 0)
-        cost -= LEAP_COST * inner
-        leap = np.abs(cands[:, 2] - b0)
-        cost -= BASS_LEAP_COST * (np.maximum(leap - 12, 0) + 0.5 * np.maximum(leap - 7, 0))
-        if prev_soprano is not None:
-            after = np.column_stack([cands[:, 2], cands[:, 1], cands[:, 0], np.full(len(cands), soprano)])
-            cost -= PARALLEL_COST * parallels_to([b0, t0, a0, prev_soprano], after)
-        return cost
 
 
 def harmonise(model: BachLSTM, melody: Grid, temperature: float = 0.5, seed: int | None = None,

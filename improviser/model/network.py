@@ -449,6 +449,27 @@ class NumpyLSTM:
         # Every draw's first pass (from the lowest pitch up to its first note) sees this same layer.
         return b, (odds, a, odds + (self._odds_v @ np.tanh(a)).reshape(odds.shape))
 
+    def frame_log_probs(self, start: tuple, states: np.ndarray) -> np.ndarray:
+        """log p of each of C given frames of this step, as the model has it (temperature 1): ``start`` from
+        ``step_logits``, states int (C, n_pitches) -> float (C,). (NADE head: every pitch's log-odds given the
+        states below it, all candidates and pitches at once.)"""
+        b, nade = start
+        n, k1 = self.cfg.n_pitches, self.cfg.states - 1
+        if nade is None:
+            logp = b - np.logaddexp.reduce(b, axis=-1, keepdims=True)  # (n, K)
+            return logp[np.arange(n)[None], states].sum(axis=1)
+        odds, a, _ = nade
+        sounding = states > 0
+        # Each sounding pitch adds its row of the (halved) hidden pre-activation of every pitch above it.
+        z = np.where(sounding[..., None], self._nade_w[np.arange(n)[None], np.maximum(states - 1, 0)], 0.0)
+        hidden = np.tanh(a + np.cumsum(z, axis=1) - z)  # (C, n, H): what each pitch sees
+        v = self._odds_v.reshape(n, k1, -1)
+        log_odds = odds[None] + np.einsum("cnh,nkh->cnk", hidden, v)  # (C, n, K - 1) against silence
+        norm = np.logaddexp(0.0, np.logaddexp.reduce(log_odds, axis=-1))  # log of (silence + each state)
+        picked = np.take_along_axis(log_odds, np.maximum(states - 1, 0)[..., None], -1)[..., 0]
+        chosen = np.where(sounding, picked, 0.0)
+        return (chosen - norm).sum(axis=1)
+
     def prepare(self, start: tuple, temperature: float, banned: np.ndarray) -> tuple:
         """What every draw of a step at one temperature, with the same states banned, shares: (NADE head) the
         log-odds over the temperature with the banned states at -inf, for all pitches and after the first pass,

@@ -1,0 +1,203 @@
+"""Three parts under the player's line, live: the tune on top, a bass beneath, a chord on every beat.
+
+While the player plays a line (up to three notes at once), the generator hands its steps to the
+``Accompanist``: on each beat of the meter it strikes one chord for alto, tenor and bass and holds it
+to the next beat, as ``harmonise`` does offline -- but causally. On the beat the player's note is not
+heard yet (it is heard at the next step), so the chord is chosen for the notes the tune is likely to
+strike there:
+
+- *rules* make the candidates: every voicing in chorale ranges under each likely next note
+  (``harmonise.voicings``), and weigh them by how likely each is to make a common chord with the
+  tune's note on the beat, under it (``FIT_WEIGHT``). How likely each next note is: how far Bach's
+  sopranos move from the step before a beat to the beat (measured on the training chorales, in
+  ``NEXT_NOTE``), within the key the player is heard in; consecutive fifths and octaves, leaps and
+  notes outside the key cost as in ``harmonise``;
+- the *model* judges the ``SHORTLIST`` the rules like best: the log-probability of each chord as its
+  next frame, given everything it has heard and played -- a listening model was trained to play the
+  lower parts of chorales under a soprano played by someone else, so this is its own judgement of the
+  chord under this tune;
+- the next step, when the beat's note has been heard, a chord that does not fit it (no common chord
+  with it, or a part at or above it) is changed at once, for the note now known; so is any chord the
+  tune moves down through.
+
+A seed fixes the choices (with a temperature above 0 each candidate's score gets a Gumbel draw
+scaled by it). The player silent for more than ``QUIET_STEPS``, or playing more than three notes at
+once, and the generator plays as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..music import harmony_metrics as harmony
+from ..music.listening_metrics import CONSONANT
+from .harmonise import OUT_OF_KEY_COST, leading_costs, voicings
+from .network import HOLD, ONSET
+
+# P(the soprano's note on a beat - its note the step before), -5..+5 semitones: Bach's sopranos on the beats
+# of the 4/4 training chorales (`load_bach_chorales(voices=True)`, the training split; 93 % of moves are
+# within these). The same note (held or struck again) is the likeliest, then a step down, then a step up.
+NEXT_NOTE = np.array([0.014, 0.016, 0.026, 0.211, 0.110, 0.298, 0.086, 0.162, 0.015, 0.008, 0.032])
+NEXT_RANGE = np.arange(-5, 6)
+HYPOTHESES = 4  # likely next notes whose voicings are candidates
+FIT_WEIGHT = 8.0  # per unit of probability that the chord makes a common chord under the tune's next note
+CONSONANCE_WEIGHT = 8.0  # per unit of probability that its parts are consonant with the tune's next note
+MISFIT_PARTS = 2  # a note of the tune dissonant with this many of its parts: the chord changes under it
+SHORTLIST = 16  # candidates the model judges
+QUIET_STEPS = 8  # steps without the player before it plays freely again
+MOST_HEARD = 3  # more of the player's notes at once than this is no line to accompany
+
+# A chord's pitch classes as 12 bits -> is it a common chord (a triad with its third, or a seventh chord).
+_COMMON = np.zeros(1 << 12, bool)
+for _pcs in harmony.COMMON_CHORDS:
+    _COMMON[sum(1 << p for p in _pcs)] = True
+
+
+_CONSONANT = np.zeros(12, bool)
+_CONSONANT[sorted(CONSONANT)] = True  # intervals (mod 12) consonant with the tune: no second, fourth, tritone, seventh
+
+
+def _bits(pitches: np.ndarray) -> np.ndarray:
+    """int (C, k) pitches -> (C,) bit masks of their pitch classes."""
+    return np.bitwise_or.reduce(1 << (pitches % 12), axis=1)
+
+
+class Accompanist:
+    """Alto, tenor and bass under the player's line, one chord a beat (see the module's docstring). Owned by a
+    ``StreamingGenerator``, stepped by it only."""
+
+    def __init__(self, low: int, n_pitches: int, states: int, rng: np.random.Generator):
+        self.low, self.n_pitches, self.states = low, n_pitches, states
+        self.rng = rng
+        self.reset()
+
+    def reset(self) -> None:
+        self.chord: tuple[int, int, int] | None = None  # (alto, tenor, bass) sounding now
+        self.chord_for: int | None = None  # the tune's note it was chosen under (known or likeliest)
+        self.tune: int | None = None  # the player's top note, last heard
+        self.quiet = QUIET_STEPS + 1  # steps since the player was last heard
+        self.since_beat = 0
+        self.beat_chord: tuple | None = None  # the last beat's chord and the tune's note over it (voice leading)
+        self.beat_tune: int | None = None
+        self.struck_chord: tuple | None = None  # this beat's chord as struck, and the tune's note on the beat
+        self.struck_tune: int | None = None
+
+    def step(self, net, start: tuple, heard: list[int], struck: bool, on_beat: bool,
+             key: tuple[int, str] | None, sounding: np.ndarray, temperature: float) -> np.ndarray | None:
+        """This step's states (n_pitches,) of its own, or None where it does not accompany (the generator draws).
+
+        heard: the player's notes sounding at the last step; struck: one of them was struck then;
+        start: the model's ``step_logits`` for this step; sounding: bool (128,), its own notes at the last step.
+        """
+        if len(heard) > MOST_HEARD:
+            self.reset()
+            return None
+        if heard:
+            self.tune, self.quiet = max(heard), 0
+        else:
+            self.quiet += 1
+        if self.tune is None or self.quiet > QUIET_STEPS:
+            self.reset()
+            return None
+        tune = self.tune
+        self.since_beat = 0 if on_beat else self.since_beat + 1
+        if self.since_beat == 1:
+            self.struck_tune = tune  # the tune's note on the beat just gone, heard now
+        if on_beat:
+            # Led from the last beat's chord as struck, under the tune's note then: consecutive fifths and octaves
+            # are heard from beat to beat (passing notes and changes between beats aside).
+            self.beat_chord, self.beat_tune = self.struck_chord, self.struck_tune
+            self._choose(net, start, tune, key, sounding, temperature, known=False)
+            self.struck_chord, self.struck_tune = self.chord, tune
+        elif self.chord is None or (heard and self._misfits(tune, struck)):
+            self._choose(net, start, tune, key, sounding, temperature, known=True)
+        elif struck:
+            self._pass(tune, key)
+        return self._states(sounding)
+
+    def _pass(self, tune: int, key) -> None:
+        """The tune struck a note between beats that is dissonant with one part: that part steps (a semitone or
+        two, in the key) to a note consonant with it, in order between its neighbours -- an inner voice moving
+        in thirds or sixths with the tune, as Bach's do -- or stays where no such step is."""
+        chord = list(self.chord)
+        scale = None
+        if key is not None:
+            from ..music.analysis import in_key
+
+            scale = in_key(*key)
+        for v, p in enumerate(chord):
+            if _CONSONANT[(tune - p) % 12]:
+                continue
+            upper = tune if v == 0 else chord[v - 1]
+            lower = chord[v + 1] if v + 1 < len(chord) else 0
+            for step in (-1, 1, -2, 2):
+                q = p + step
+                if lower < q < upper and _CONSONANT[(tune - q) % 12] and (scale is None or scale[q % 12]):
+                    chord[v] = q
+                    break
+        self.chord = tuple(chord)
+
+    def _misfits(self, tune: int, struck: bool) -> bool:
+        """The chord is at or above the tune; or the tune's note just struck is the beat's and makes no common
+        chord with it, or (any note) is dissonant with MISFIT_PARTS of its parts."""
+        if max(self.chord) >= tune:
+            return True
+        if not struck:
+            return False
+        if self.since_beat == 1 and not _COMMON[_bits(np.array([[*self.chord, tune]]))[0]]:
+            return True
+        return int((~_CONSONANT[(tune - np.array(self.chord)) % 12]).sum()) >= MISFIT_PARTS
+
+    def _choose(self, net, start: tuple, tune: int, key, sounding: np.ndarray, temperature: float,
+                known: bool) -> None:
+        if known:
+            hyps, probs = np.array([tune]), np.array([1.0])
+        else:
+            hyps = tune + NEXT_RANGE
+            probs = NEXT_NOTE.copy()
+            if key is not None:
+                from ..music.analysis import in_key
+
+                probs = probs * np.where(in_key(*key)[hyps % 12], 1.0, 0.1)
+            top = np.argsort(-probs, kind="stable")[:HYPOTHESES]
+            hyps, probs = hyps[top], probs[top] / probs[top].sum()
+        cands = np.unique(np.vstack([voicings(int(m)) for m in hyps]), axis=0)
+        if not len(cands):
+            self.chord = None
+            return
+        bits = _bits(cands)
+        fit = np.zeros(len(cands))
+        consonant = np.zeros(len(cands))
+        for m, p in zip(hyps, probs):
+            fit += p * (_COMMON[bits | (1 << (int(m) % 12))] & (cands[:, 0] < m))
+            consonant += p * _CONSONANT[(m - cands) % 12].mean(axis=1)
+        score = FIT_WEIGHT * fit + CONSONANCE_WEIGHT * consonant
+        if key is not None:
+            from ..music.analysis import in_key
+
+            score -= OUT_OF_KEY_COST * (~in_key(*key)[cands % 12]).sum(axis=1)
+        if self.beat_chord is not None:  # leaps, and consecutive fifths and octaves under each likely next note
+            score += sum(p * leading_costs(self.beat_chord, self.beat_tune, cands, int(m)) for m, p in zip(hyps, probs))
+        short = np.argsort(-score, kind="stable")[:SHORTLIST]
+        cands, score = cands[short], score[short]
+        states = np.stack([self._states_of(c, sounding) for c in cands])
+        score = score + net.frame_log_probs(start, states)
+        if temperature > 0:
+            score = score + temperature * self.rng.gumbel(size=len(score))
+        best = int(np.argmax(score))
+        self.chord = tuple(int(p) for p in cands[best])
+        self.chord_for = int(hyps[np.argmax(probs)])
+
+    def _states_of(self, chord, sounding: np.ndarray) -> np.ndarray:
+        """A chord as the model's states: a pitch it already sounds is held, the others struck."""
+        state = np.zeros(self.n_pitches, np.int64)
+        for p in chord:
+            i = p - self.low
+            if 0 <= i < self.n_pitches:
+                state[i] = HOLD if self.states == 3 and sounding[p] else (ONSET if self.states == 3 else 1)
+        return state
+
+    def _states(self, sounding: np.ndarray) -> np.ndarray | None:
+        if self.chord is None:
+            return None
+        return self._states_of(self.chord, sounding)
