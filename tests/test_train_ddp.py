@@ -27,7 +27,7 @@ def test_torchrun_on_the_cpu_validates_and_chooses_the_best_epoch_as_one_process
                         "--out", str(ck), "--epochs", "3", "--patience", "99", "--hidden", "32", "--threads", "1",
                         "--device", "cpu"], env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stderr.count("training on cpu (1 threads), float32; 2 ranks (gloo)") == 1  # rank 0 alone says it
+    assert r.stderr.count("training on cpu (1 thread), float32; 2 ranks (gloo)") == 1  # rank 0 alone says it
     assert r.stderr.count("epoch 3: train") == 1
     assert "2 ranks, parameters identical across ranks: yes" in r.stderr
 

@@ -230,3 +230,17 @@ def test_a_model_trained_on_cuda_loads_and_plays_on_the_cpu(tmp_path):
                   log=lambda s: None, resume=str(out.with_suffix(".last.pt")), device="cuda")
         assert s["epochs"] == 4
     assert all(np.isfinite(v) for v in losses.values())
+
+
+def test_the_training_speed_benchmark_prints_a_row_per_model_and_device(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).parents[1] / "benchmarks" / "train_speed.py"
+    r = subprocess.run([sys.executable, str(script), "--batches", "1", "--sizes", "1x16", "2x8", "--threads", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "an epoch of the shipped training = 130 batches of 32 x 128 steps" in r.stdout
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith(tuple(PRESENT))]
+    assert [row[-6] for row in rows] == ["1x16", "2x8"] * len(PRESENT)
+    assert all(float(row[-1]) > 0 for row in rows)
