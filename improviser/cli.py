@@ -407,7 +407,9 @@ def evaluate(
                                            "the training data, and compare profiles with held-out Bach."),
     listening_check: bool = typer.Option(False, "--listening", help="On held-out folk melodies: does it answer in "
                                          "the phrase's key, and does its accompaniment fit the tune? Beside "
-                                         "references (the tunes' own continuations, Bach's lower voices)."),
+                                         "references (the tunes' own continuations, Bach's lower voices). Also "
+                                         "runs --accompaniment: the tunes as files through accompany and "
+                                         "harmonise."),
     harmony_check: bool = typer.Option(False, "--harmony", help="Four-part writing of --pieces free pieces of "
                                        "--seconds (default 20 of 30 s): parallel fifths and octaves, common "
                                        "chords on beats, four notes sounding; beside held-out Bach chorales."),
@@ -480,7 +482,7 @@ def evaluate(
             raise ImproviserError("--listening plays along on a 16th-note grid; this checkpoint is a benchmark model")
         for line in format_listening(listening(model, tunes, temperature=temperature)):
             typer.echo(line)
-    if accompaniment_check:
+    if accompaniment_check or listening_check:  # --listening measures the way a user accompanies a file too
         from .live.accompaniment_eval import evaluate_accompaniment, format_accompaniment
 
         available = [c.name or c.callback.__name__ for c in app.registered_commands]

@@ -77,8 +77,8 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
     tunes = [place(m, rng) for m in load_heldout_melodies(n_melodies, seed)]
     step_s = 60.0 / EVAL_BPM / model.cfg.steps_per_beat
     pairs = {"answer": [], "prime": [], "no phrase": [], "the tune itself": []}
-    acc = {"accompanying": [], "accompanying, player not a voice": [], "accompanying, no guard": [],
-           "not listening": []}
+    acc = {"accompanying": [], "voice-led draws, no accompanist": [], "the same, player not a voice": [],
+           "the same, no guard": [], "not listening": []}
     texture = {name: [] for name in acc}  # harmony counts of the tune and its notes together
     for i, m in enumerate(tqdm(tunes, desc="listening", unit="tune", disable=not progress)):
         bar = m.bar_steps
@@ -101,9 +101,12 @@ def listening(model: BachLSTM, n_melodies: int = 60, seed: int = 0, temperature:
         pairs["no phrase"].append((m.phrase(4), free(model, answer_len, temperature, 1, seed=i, beats_per_bar=bpb)))
         pairs["the tune itself"].append((m.phrase(4), m.continuation(4)))
         # Accompanying its first 8 bars (or as many as it has).
-        for name, guard, voice in (("accompanying", True, True), ("accompanying, player not a voice", True, False),
-                                   ("accompanying, no guard", False, True)):
-            heard, own = accompaniment(model, m, i, temperature, guard=guard, voice_with_player=voice)
+        for name, guard, voice, parts in (("accompanying", True, True, True),
+                                          ("voice-led draws, no accompanist", True, True, False),
+                                          ("the same, player not a voice", True, False, False),
+                                          ("the same, no guard", False, True, False)):
+            heard, own = accompaniment(model, m, i, temperature, guard=guard, voice_with_player=voice,
+                                       accompanist=parts)
             acc[name].append(consonance(heard, own))
             texture[name].append(harmony_counts(heard.sound | own.sound, model.cfg.steps_per_beat))
         tune = _on_the_bar(m.phrase(min(8, m.whole_bars)), bar)
