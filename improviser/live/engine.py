@@ -214,9 +214,10 @@ class LiveEngine:
         try:
             start = self.clock.now() + START_DELAY
             gen = self.generator
-            self.recorder = SessionRecorder(start, voices=self.voices is not None, meter=gen.meter,
-                                            bar_time=start - gen.bar_position() * self.step_seconds,
-                                            bar_seconds=gen.steps_per_bar * self.step_seconds)
+            meter = getattr(gen, "meter", None)  # (a generator that keeps no meter: 4/4 from the first step)
+            self.recorder = SessionRecorder(start, voices=self.voices is not None, meter=meter,
+                                            bar_time=start - (gen.bar_position() if meter else 0) * self.step_seconds,
+                                            bar_seconds=gen.steps_per_bar * self.step_seconds if meter else 0.0)
             if self.program is not None:
                 for channel in self.voices.channels if self.voices is not None else (self.channel,):
                     change = mido.Message("program_change", channel=channel, program=self.program)

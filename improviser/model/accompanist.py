@@ -27,6 +27,8 @@ once, and the generator plays as before.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..music import harmony_metrics as harmony
@@ -43,6 +45,7 @@ HYPOTHESES = 4  # likely next notes whose voicings are candidates
 FIT_WEIGHT = 8.0  # per unit of probability that the chord makes a common chord under the tune's next note
 CONSONANCE_WEIGHT = 8.0  # per unit of probability that its parts are consonant with the tune's next note
 MISFIT_PARTS = 2  # a note of the tune dissonant with this many of its parts: the chord changes under it
+LED = 48  # candidates the voice leading is worked out for: those the fit and the key like best
 SHORTLIST = 16  # candidates the model judges
 QUIET_STEPS = 8  # steps without the player before it plays freely again
 MOST_HEARD = 3  # more of the player's notes at once than this is no line to accompany
@@ -60,6 +63,36 @@ _CONSONANT[sorted(CONSONANT)] = True  # intervals (mod 12) consonant with the tu
 def _bits(pitches: np.ndarray) -> np.ndarray:
     """int (C, k) pitches -> (C,) bit masks of their pitch classes."""
     return np.bitwise_or.reduce(1 << (pitches % 12), axis=1)
+
+
+def expected_leading(prev, prev_tune, cands: np.ndarray, hyps: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """``harmonise.leading_costs`` of each candidate (C, 3), averaged over the tune's likely next notes."""
+    c, h = len(cands), len(hyps)
+    # One call for every (candidate, next note) pair: the leaps are the same for each note, the parallels not.
+    each = leading_costs(prev, prev_tune, np.repeat(cands, h, axis=0), np.tile(hyps, c))
+    return each.reshape(c, h) @ probs
+
+
+def _best(score: np.ndarray, k: int) -> np.ndarray:
+    """The indices of the k highest scores (all, if fewer), highest first; ties in the order given."""
+    if len(score) > k:
+        part = np.argpartition(-score, k - 1)[:k]
+        return part[np.argsort(-score[part], kind="stable")]
+    return np.argsort(-score, kind="stable")
+
+
+@functools.lru_cache(maxsize=48)
+def _scale(key: tuple[int, str]) -> np.ndarray:
+    from ..music.analysis import in_key
+
+    return in_key(*key)
+
+
+@functools.lru_cache(maxsize=512)
+def _candidates(sopranos: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The voicings under any of these notes, each once, and their pitch classes as bits: (C, 3), (C,)."""
+    cands = np.unique(np.vstack([voicings(m) for m in sopranos]), axis=0)
+    return cands, _bits(cands)
 
 
 class Accompanist:
@@ -150,37 +183,35 @@ class Accompanist:
 
     def _choose(self, net, start: tuple, tune: int, key, sounding: np.ndarray, temperature: float,
                 known: bool) -> None:
+        scale = None if key is None else _scale(key)
         if known:
             hyps, probs = np.array([tune]), np.array([1.0])
         else:
             hyps = tune + NEXT_RANGE
-            probs = NEXT_NOTE.copy()
-            if key is not None:
-                from ..music.analysis import in_key
-
-                probs = probs * np.where(in_key(*key)[hyps % 12], 1.0, 0.1)
+            probs = NEXT_NOTE if scale is None else NEXT_NOTE * np.where(scale[hyps % 12], 1.0, 0.1)
             top = np.argsort(-probs, kind="stable")[:HYPOTHESES]
             hyps, probs = hyps[top], probs[top] / probs[top].sum()
-        cands = np.unique(np.vstack([voicings(int(m)) for m in hyps]), axis=0)
+        cands, bits = _candidates(tuple(int(m) for m in hyps))
         if not len(cands):
             self.chord = None
             return
-        bits = _bits(cands)
-        fit = np.zeros(len(cands))
-        consonant = np.zeros(len(cands))
-        for m, p in zip(hyps, probs):
-            fit += p * (_COMMON[bits | (1 << (int(m) % 12))] & (cands[:, 0] < m))
-            consonant += p * _CONSONANT[(m - cands) % 12].mean(axis=1)
-        score = FIT_WEIGHT * fit + CONSONANCE_WEIGHT * consonant
-        if key is not None:
-            from ..music.analysis import in_key
-
-            score -= OUT_OF_KEY_COST * (~in_key(*key)[cands % 12]).sum(axis=1)
+        # For each likely next note (rows) and candidate (columns): a common chord under it, consonances with it.
+        under = _COMMON[bits[None] | (1 << (hyps % 12))[:, None]] & (cands[:, 0][None] < hyps[:, None])
+        consonant = _CONSONANT[(hyps[:, None, None] - cands[None]) % 12].mean(axis=2)
+        score = probs @ (FIT_WEIGHT * under + CONSONANCE_WEIGHT * consonant)
+        if scale is not None:
+            score -= OUT_OF_KEY_COST * (~scale[cands % 12]).sum(axis=1)
         if self.beat_chord is not None:  # leaps, and consecutive fifths and octaves under each likely next note
-            score += sum(p * leading_costs(self.beat_chord, self.beat_tune, cands, int(m)) for m, p in zip(hyps, probs))
-        short = np.argsort(-score, kind="stable")[:SHORTLIST]
+            near = _best(score, LED)
+            cands, score = cands[near], score[near]
+            score = score + expected_leading(self.beat_chord, self.beat_tune, cands, hyps, probs)
+        short = _best(score, SHORTLIST)
         cands, score = cands[short], score[short]
-        states = np.stack([self._states_of(c, sounding) for c in cands])
+        states = np.zeros((len(cands), self.n_pitches), np.int64)
+        inside = (cands >= self.low) & (cands < self.low + self.n_pitches)
+        rows = np.broadcast_to(np.arange(len(cands))[:, None], cands.shape)
+        held = sounding[cands] if self.states == 3 else np.zeros(cands.shape, bool)
+        states[rows[inside], cands[inside] - self.low] = np.where(held, HOLD, ONSET if self.states == 3 else 1)[inside]
         score = score + net.frame_log_probs(start, states)
         if temperature > 0:
             score = score + temperature * self.rng.gumbel(size=len(score))

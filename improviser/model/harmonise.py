@@ -175,9 +175,10 @@ def phrase_ends(tune: Grid, beat: int, first: int, n_beats: int) -> tuple[set[in
     return ends, held
 
 
-def leading_costs(prev, prev_soprano, cands: np.ndarray, soprano: int) -> np.ndarray:
+def leading_costs(prev, prev_soprano, cands: np.ndarray, soprano) -> np.ndarray:
     """The rules between the last beat's chord (alto, tenor, bass; the tune's note over it) and each candidate
-    (C, 3) under ``soprano``: minus the costs of consecutive fifths and octaves, and of leaps."""
+    (C, 3) under ``soprano`` (a note, or one per candidate): minus the costs of consecutive fifths and octaves,
+    and of leaps."""
     a0, t0, b0 = prev
     cost = np.zeros(len(cands))
     inner = np.maximum(np.abs(cands[:, 0] - a0) - 5, 0) + np.maximum(np.abs(cands[:, 1] - t0) - 5, 0)
@@ -185,7 +186,7 @@ def leading_costs(prev, prev_soprano, cands: np.ndarray, soprano: int) -> np.nda
     leap = np.abs(cands[:, 2] - b0)
     cost -= BASS_LEAP_COST * (np.maximum(leap - 12, 0) + 0.5 * np.maximum(leap - 7, 0))
     if prev_soprano is not None:
-        after = np.column_stack([cands[:, 2], cands[:, 1], cands[:, 0], np.full(len(cands), soprano)])
+        after = np.column_stack([cands[:, 2], cands[:, 1], cands[:, 0], np.broadcast_to(soprano, len(cands))])
         cost -= PARALLEL_COST * parallels_to([b0, t0, a0, prev_soprano], after)
     return cost
 

@@ -451,24 +451,34 @@ class NumpyLSTM:
 
     def frame_log_probs(self, start: tuple, states: np.ndarray) -> np.ndarray:
         """log p of each of C given frames of this step, as the model has it (temperature 1): ``start`` from
-        ``step_logits``, states int (C, n_pitches) -> float (C,). (NADE head: every pitch's log-odds given the
-        states below it, all candidates and pitches at once.)"""
+        ``step_logits``, states int (C, n_pitches) -> float (C,).
+
+        NADE head: a pitch's log-odds depend on the notes below it only through the hidden layer, which changes
+        only at a sounding pitch. A frame of k notes has k + 1 hidden layers: the first (below its lowest note)
+        is every frame's and was made by ``step_logits``; the others, for all frames at once, are one small
+        matrix product; each pitch reads the layer of the notes below it."""
         b, nade = start
         n, k1 = self.cfg.n_pitches, self.cfg.states - 1
         if nade is None:
             logp = b - np.logaddexp.reduce(b, axis=-1, keepdims=True)  # (n, K)
             return logp[np.arange(n)[None], states].sum(axis=1)
-        odds, a, _ = nade
+        _, a, first = nade
+        odds = nade[0]
         sounding = states > 0
-        # Each sounding pitch adds its row of the (halved) hidden pre-activation of every pitch above it.
-        z = np.where(sounding[..., None], self._nade_w[np.arange(n)[None], np.maximum(states - 1, 0)], 0.0)
-        hidden = np.tanh(a + np.cumsum(z, axis=1) - z)  # (C, n, H): what each pitch sees
-        v = self._odds_v.reshape(n, k1, -1)
-        log_odds = odds[None] + np.einsum("cnh,nkh->cnk", hidden, v)  # (C, n, K - 1) against silence
+        c = len(states)
+        most = max(1, int(sounding.sum(axis=1).max()))
+        # The sounding pitches of each frame, low to high, padded with the last pitch (its row unused).
+        order = np.argsort(~sounding, axis=1, kind="stable")[:, :most]
+        real = np.take_along_axis(sounding, order, axis=1)
+        rows = self._nade_w[order, np.maximum(np.take_along_axis(states, order, axis=1) - 1, 0)]  # (C, most, H)
+        hidden = np.tanh(a + np.cumsum(np.where(real[..., None], rows, 0.0), axis=1))  # after each note
+        above = (hidden.reshape(c * most, -1) @ self._odds_v.T).reshape(c, most, n, k1) + odds[None, None]
+        below = np.cumsum(sounding, axis=1) - sounding  # (C, n): notes under each pitch
+        log_odds = np.where((below == 0)[..., None], first[None],
+                            above[np.arange(c)[:, None], np.maximum(below - 1, 0), np.arange(n)[None]])
         norm = np.logaddexp(0.0, np.logaddexp.reduce(log_odds, axis=-1))  # log of (silence + each state)
         picked = np.take_along_axis(log_odds, np.maximum(states - 1, 0)[..., None], -1)[..., 0]
-        chosen = np.where(sounding, picked, 0.0)
-        return (chosen - norm).sum(axis=1)
+        return (np.where(sounding, picked, 0.0) - norm).sum(axis=1)
 
     def prepare(self, start: tuple, temperature: float, banned: np.ndarray) -> tuple:
         """What every draw of a step at one temperature, with the same states banned, shares: (NADE head) the
