@@ -75,3 +75,42 @@ def test_on_held_out_tune_files_it_accompanies_as_a_harmoniser_does():
     assert live["on_top"] >= 0.95 and live["bass"] >= 0.85 and live["four_voices"] >= 0.8
     assert live["common_chord"] >= 0.65 and live["consonant"] >= 0.7
     assert live["parallels_per_100"] <= 8
+
+
+def test_the_models_log_p_of_given_frames_is_torchs(model):
+    """NumpyLSTM.frame_log_probs (what the accompanist and nothing else asks of the model) against the torch
+    model's own head, for frames of 0 to 5 notes, struck and held."""
+    import torch
+
+    from improviser.model.network import NumpyLSTM, frame_features, frame_targets
+
+    cfg, net, rng = model.cfg, NumpyLSTM(model), np.random.default_rng(0)
+    steps = 6
+    onset = np.zeros((steps, 128), bool)
+    for t in range(steps):
+        onset[t, rng.choice(np.arange(48, 76), 4, replace=False)] = True
+    player = np.zeros((steps, 128), bool)
+    player[:, 72] = True
+    memory = np.tile(np.r_[np.full(12, 1 / 12), 1.0].astype(np.float32), (steps, 1))
+    x = frame_features(onset, onset, np.arange(steps), cfg, player, player, memory, memory)
+    for t in range(steps):
+        h = net.step(x[t])
+    start = net.step_logits(h, player[-1, cfg.low: cfg.low + cfg.n_pitches])
+    frames = []
+    for k in (0, 1, 3, 3, 4, 5):
+        struck = np.zeros(128, bool)
+        pitches = rng.choice(np.arange(40, 80), k, replace=False)
+        struck[pitches] = True
+        held = np.zeros(128, bool)
+        held[pitches[:1]] = True
+        frames.append(frame_targets((struck & ~held)[None], struck[None], cfg)[0])
+    frames = np.array(frames)
+    ours = net.frame_log_probs(start, frames)
+    with torch.no_grad():
+        xt = torch.from_numpy(x)[None]
+        out, _ = model.lstm(xt)
+        n = len(frames)
+        theirs = model.head_log_prob(out[:, -1:].repeat(1, n, 1), xt[:, -1:].repeat(1, n, 1),
+                                     torch.from_numpy(frames)[None]).numpy()[0]
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert len(set(np.round(ours, 3))) == n  # different frames, different probabilities
