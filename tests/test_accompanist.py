@@ -43,7 +43,7 @@ def test_accompanying_ode_to_joy_puts_three_parts_under_it_with_a_chord_on_most_
         under += len(mine) == 3 and max(mine) < top
         bass += bool(mine) and top - min(mine) >= 12
     assert under == beats  # the tune on top of three parts on every beat
-    assert bass >= 0.9 * beats
+    assert bass >= 0.85 * beats  # the bar the accompaniment is held to (85 % of beats with a bass)
     assert chords >= 0.75 * beats  # it hears each note a step late: a leap onto a beat can catch it out
 
 

@@ -156,3 +156,22 @@ def test_a_low_temperature_still_plays(model, temperature):
         chords = grid.onset.sum(axis=1)
         assert (chords >= 3).sum() >= 4, f"seed {seed}: {chords.sum()} onsets"
         assert grid.sound[-16:].any(), f"seed {seed}: silent at the end"
+
+
+def test_a_new_rule_is_a_new_part(model):
+    """A rule written as a class and put in ``rules`` bends the music as it says: one that bans the black keys
+    (and stays out of the key hold's way) makes a piece on the white keys only; the others still run."""
+    from improviser.model.rules import Rule
+
+    class WhiteKeys(Rule):
+        def bans(self, ctx, banned):
+            black = np.isin(np.arange(ctx.lo, ctx.hi) % 12, (1, 3, 6, 8, 10))
+            banned[black, 1:] = True  # neither struck nor held
+
+    gen = StreamingGenerator(model, temperature=1.0, seed=5)
+    gen.rules.insert(0, WhiteKeys())
+    frames = [gen.step() for _ in range(128)]
+    sound = np.stack([f.sound for f in frames])
+    assert sound.any(axis=1).mean() > 0.5  # it plays
+    assert not sound[:, np.isin(np.arange(128) % 12, (1, 3, 6, 8, 10))].any()
+    assert {f.velocity for f in frames} <= {96, 84, 72}  # the dynamics rule still gives the accents

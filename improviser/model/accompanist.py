@@ -35,6 +35,7 @@ from ..music import harmony_metrics as harmony
 from ..music.listening_metrics import CONSONANT
 from .harmonise import OUT_OF_KEY_COST, leading_costs, voicings
 from .network import HOLD, ONSET
+from .rules import Context, Rule
 
 # P(the soprano's note on a beat - its note the step before), -5..+5 semitones: Bach's sopranos on the beats
 # of the 4/4 training chorales (`load_bach_chorales(voices=True)`, the training split; 93 % of moves are
@@ -95,9 +96,9 @@ def _candidates(sopranos: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     return cands, _bits(cands)
 
 
-class Accompanist:
-    """Alto, tenor and bass under the player's line, one chord a beat (see the module's docstring). Owned by a
-    ``StreamingGenerator``, stepped by it only."""
+class Accompanist(Rule):
+    """Alto, tenor and bass under the player's line, one chord a beat (see the module's docstring). A rule of a
+    ``StreamingGenerator``'s that takes the steps it accompanies; stepped by it only."""
 
     def __init__(self, low: int, n_pitches: int, states: int, rng: np.random.Generator):
         self.low, self.n_pitches, self.states = low, n_pitches, states
@@ -114,6 +115,11 @@ class Accompanist:
         self.beat_tune: int | None = None
         self.struck_chord: tuple | None = None  # this beat's chord as struck, and the tune's note on the beat
         self.struck_tune: int | None = None
+
+    def take(self, ctx: Context) -> np.ndarray | None:
+        """The step's states while it accompanies a line, else None (the model draws)."""
+        return self.step(ctx.net, ctx.start, ctx.heard, ctx.struck, ctx.on_beat, ctx.key, ctx.last.sound,
+                         ctx.temperature)
 
     def step(self, net, start: tuple, heard: list[int], struck: bool, on_beat: bool,
              key: tuple[int, str] | None, sounding: np.ndarray, temperature: float) -> np.ndarray | None:

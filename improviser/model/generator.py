@@ -12,42 +12,25 @@ import numpy as np
 
 from ..errors import ImproviserError
 from ..music import analysis
-from ..music import harmony_metrics as harmony
 from ..music.encoding import N_MIDI, Frame, Grid, Meter
 from .accompanist import Accompanist
-from .network import HOLD, ONSET, BachLSTM, KeyMemory, NumpyLSTM, frame_features
+from .network import BachLSTM, KeyMemory, NumpyLSTM, frame_features
+from .rules import (
+    KEY_HOLD,
+    VOICE_TRIES,
+    Context,
+    CopyCheck,
+    Dynamics,
+    Guard,
+    HoldOnlySounding,
+    KeyHold,
+    Rule,
+    StartTemperature,
+    VoiceLeading,
+)
 
 MAX_STABILITY = 64  # steps; 4 bars of 16ths
-# Semitones (mod 12) from a player's held note that the guard keeps the model off: seconds, sevenths, the
-# tritone, and the fourth -- so under a melody note on a chord's root it leaves out the chord's fifth rather
-# than sound a fourth against the tune (measured on held-out tunes: 71 % consonant pairs with the fourth
-# kept off, 63 % without, at 2.05 and 2.25 notes at once).
-CLASH = (1, 2, 5, 6, 10, 11)
-# CLASHES[p, q]: pitches p and q are a CLASH interval apart (plus octaves): read a row per held note.
-CLASHES = np.isin(np.abs(np.arange(N_MIDI)[:, None] - np.arange(N_MIDI)[None, :]) % 12, CLASH)
-GUARD_MOST = 4  # the guard follows a melody or a chord; a cluster or a flood of held notes would ban every pitch
-# The hold on the key (the key the player set, or --key names): each pitch class's log Krumhansl-Kessler
-# rating (centred on the key's own scale, so the density of notes stays the same) plus a fall of half as
-# much again outside the scale, times KEY_HOLD, is added to the logit of striking it. Weighting the tonic
-# triad over the other degrees is what keeps an answer on the key's centre rather than its dominant's.
-# Measured on 60 held-out tunes (`improviser evaluate --listening`), answers in the same or relative key:
-# 57 % with no hold, 73 % at 2, 77 % at 2.5, 82 % at 3 (close keys 93-97 %); consonance with the tune
-# unchanged (76 %). A scale-only hold of 2 gave 50 % (primed). 0 lets the model roam (``--key-hold``).
-KEY_HOLD = 3.0
-# Voice leading: a beat is drawn up to VOICE_TRIES times from the model and the first draw that is four-part
-# writing (see ``_voice_faults``) is kept, else the draw with the fewest faults; accompanying, the player's
-# notes are voices of it. Accompanying 60 held-out tunes (`evaluate --listening`), the tune and its notes
-# together: common chords on beats 40 -> 51 %, parallels 24.8 -> 10.5 per 100 changes, four notes 21 -> 27 %.
-# Measured on 20 free 30-second pieces (`improviser evaluate --harmony`): parallels 21.8 -> 3.8 per 100
-# changes, common chords on beats 73 -> 96 %, four notes 61 -> 87 % of steps (Bach: 2.8, 89 %, 86 %).
-# 4 tries gave 2.4 / 99 % / 91 %, further from Bach's own figures and slower at the 99th percentile.
-VOICE_TRIES = 3
-START_TEMPERATURE = 0.9  # the lowest temperature of a step after silence or a held bar (the default; _sample)
-COPY_STEPS = analysis.COPY_STEPS
 KEY_HEARD = 8.0  # notes of the player's (decayed count) before their key is taken as heard
-# Dynamics: a metrical accent (downbeat, beat, off-beat) around a level -- the player's, once heard.
-ACCENT = (12, 0, -12)
-LEVEL = 84  # the level with nobody to follow: 96/84/72
 LEVEL_FOLLOW = 0.3  # how far each heard step with struck notes moves the level toward their velocity
 
 
@@ -85,13 +68,6 @@ def parse_key(name: str | None) -> tuple[int, str] | None:
                               "'D minor', 'F# major', 'Bb major'") from None
 
 
-def key_leaning(tonic: int, mode: str) -> np.ndarray:
-    """(12,) per pitch class: the log of its key-profile rating, centred over the key's scale, less 0.5 outside it."""
-    profile = np.log(np.roll(analysis.MAJOR if mode == "major" else analysis.MINOR, tonic))
-    scale = analysis.in_key(tonic, mode)
-    return profile - profile[scale].mean() - 0.5 * ~scale
-
-
 def key_shares(model: BachLSTM, key: tuple[int, str]) -> np.ndarray:
     """What the key memory holds in ``key``: the checkpoint's own profile (or Krumhansl's) turned to its tonic."""
     profiles = getattr(model, "key_profiles", None) or {"major": analysis.MAJOR, "minor": analysis.MINOR}
@@ -110,24 +86,29 @@ class StreamingGenerator:
     key: None (or "auto") follows what is heard and played; a key name ("D minor") holds the
         key memory there (a model with a key memory only).
 
-    guard: (listening models) never strike or hold a note a second, a fourth, a tritone or a
-        seventh away from a note the player is holding -- what an accompanist avoids by ear. It
-        reacts within the step to what was just heard, which the model learns only in part. It
-        stands aside while the player holds more than GUARD_MOST notes.
+    The rules on top of the model's distribution are the parts in ``rules`` (see ``rules.py``), run in turn
+    at every step; the options below choose them:
 
-    key_hold: how hard it leans on the key (see KEY_HOLD; 0: not at all). The key is the one
+    guard: (listening models) never strike or hold a note a second, a fourth, a tritone or a
+        seventh away from a note the player is holding (``Guard``); it stands aside while the
+        player holds more than GUARD_MOST notes.
+    key_hold: how hard it leans on the key (``KeyHold``, KEY_HOLD; 0: not at all). The key is the one
         named by ``key``, else the key of what the player has played (Krumhansl-Schmuckler on a
         running count of their notes, once KEY_HEARD notes are in it); with neither, no hold.
-
     voicing: (a model trained on four-part writing; None: if the checkpoint says so) draw each beat up
-        to ``voice_tries`` times and keep the first that is four-part writing (four notes or none; a
-        common chord; no consecutive fifths or octaves against the last beat).
+        to ``voice_tries`` times and keep the first that is four-part writing (``VoiceLeading``).
     voice_with_player: while the player sounds up to three notes, they are voices of the four (what
         it has heard of them: the notes sounding at the last step); False: it is voice-led only
         while it plays alone.
+    velocity: (lo, hi) bounds for its velocities (``Dynamics``). They follow the player's dynamics (a
+        running level of the velocities heard) with a metrical accent; with nobody heard, 96/84/72.
+    accompanist: (a listening model of four-part music) while the player plays a line, three parts under
+        it, a chord a beat (``Accompanist``, which takes those steps).
 
-    velocity: (lo, hi) bounds for its velocities. They follow the player's dynamics (a running
-        level of the velocities heard) with a metrical accent; with nobody heard, 96/84/72.
+    Besides, a three-state model holds only what sounds (``HoldOnlySounding``), a step after silence is drawn
+    at no less than START_TEMPERATURE (``StartTemperature``) and no bar of the training music is copied
+    (``CopyCheck``, with the checkpoint's fingerprints; ``copies = None`` turns it off). A new rule is a new
+    ``Rule`` in ``rules``.
 
     A listening model hears the player's notes as their own input; an older model hears
     them merged into its own last frame.
@@ -150,14 +131,7 @@ class StreamingGenerator:
         self.voicing = bool(voicing) and voice_tries > 1
         self.voice_tries = int(voice_tries)
         self.voice_with_player = bool(voice_with_player)
-        # Fingerprints of every bar-long passage of the training music (``analysis.passage_keys``), from the
-        # checkpoint: a draw that would complete one is drawn again, so it never plays a bar of Bach's verbatim.
-        self.copies = getattr(model, "copy_keys", None)
-        self.leads = getattr(model, "lead_keys", None) if self.copies is not None else None
         self._key_seen: tuple = (None, None)  # (the player memory's counts, the key found in them)
-        self._bias_for: tuple = (None, None)  # (key, hold) that _per_pitch was made for
-        self._per_pitch = np.zeros(model.cfg.n_pitches)
-        self._onset_bias: np.ndarray | None = None  # (three states) _per_pitch on the struck state
         self.guard = guard and model.cfg.player_input
         self.cfg = model.cfg
         self.net = NumpyLSTM(model)
@@ -179,7 +153,31 @@ class StreamingGenerator:
         self.accompanist = None
         if accompanist and model.cfg.player_input and getattr(model, "four_part", False):
             self.accompanist = Accompanist(self.cfg.low, self.cfg.n_pitches, self.cfg.states, self.rng)
+        # Fingerprints of every bar-long passage of the training music (``analysis.passage_keys``), from the
+        # checkpoint: a draw that would complete one is drawn again, so it never plays a bar of Bach's verbatim.
+        copies = getattr(model, "copy_keys", None)
+        self._copy_check = CopyCheck(copies, getattr(model, "lead_keys", None) if copies is not None else None)
+        # The rules, run in this order at each stage of a step (``_sample``).
+        self.rules: list[Rule] = [
+            *([HoldOnlySounding()] if self.cfg.states == 3 else []),
+            *([Guard()] if self.guard else []),
+            *([KeyHold(self.key_hold, self.cfg)] if self.key_hold > 0 else []),
+            *([self.accompanist] if self.accompanist is not None else []),
+            StartTemperature(),
+            *([VoiceLeading(self.voice_with_player)] if self.voicing else []),
+            self._copy_check,
+            Dynamics(self.velocity_range),
+        ]
         self.reset()
+
+    @property
+    def copies(self) -> np.ndarray | None:
+        """The copy check's fingerprints of the training music (None: no check)."""
+        return self._copy_check.copies
+
+    @copies.setter
+    def copies(self, keys: np.ndarray | None) -> None:
+        self._copy_check.copies = keys
 
     def set_meter(self, meter: Meter, bar_start: int = 0) -> None:
         """The time signature it plays in, and where its first step falls in a bar (a pickup: steps into it)."""
@@ -202,14 +200,9 @@ class StreamingGenerator:
         self.last = Frame.silent()  # what the improviser itself sounded at the previous step
         self.age = np.zeros(N_MIDI, np.int64)  # steps each of its sounding notes has lasted
         self._heard = Frame.silent()
-        self._player = np.zeros(N_MIDI, bool)  # what the player sounded at the previous step
-        self._struck = False  # the player struck a note at the previous step
-        if self.accompanist is not None:
-            self.accompanist.reset()
         self.level: float | None = None  # the player's dynamics, once heard
-        self._beat_chord: list[int] = []  # the last beat's voices (its notes and the player's), for the voice leading
-        # The fingerprint of its last COPY_STEPS - 1 frames, kept from step to step: the copy check's window.
-        self._passage = analysis.Passage(COPY_STEPS - 1)
+        for rule in self.rules:
+            rule.reset()
 
     def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
         """Change temperature or note stability between steps (live controls)."""
@@ -231,8 +224,6 @@ class StreamingGenerator:
         if heard is not None:
             self.hear(heard)
         heard, self._heard = self._heard, Frame.silent()
-        self._player = heard.sound
-        self._struck = heard.onset.any()
         if heard.onset.any():
             v = float(heard.velocity)
             self.level = v if self.level is None else self.level + LEVEL_FOLLOW * (v - self.level)
@@ -249,12 +240,11 @@ class StreamingGenerator:
             inp = self.last.union(heard)
             x = frame_features(inp.onset[None], inp.sound[None], pos, self.cfg)[0]
         h = self.net.step(x)
-        out = self._sample(h) if play else Frame.silent()
-        out = self._stabilise(out) if play else out
+        out = self._stabilise(self._sample(h, heard)) if play else Frame.silent()
         self.age = np.where(out.onset, 1, np.where(out.sound, self.age + 1, 0))
         self.last = out
-        if self.copies is not None:
-            self._passage.push(analysis.step_value(out.onset, out.sound))
+        for rule in self.rules:
+            rule.played(out)
         self.step_index += 1
         return out
 
@@ -265,102 +255,64 @@ class StreamingGenerator:
             struck = grid.velocity[t][grid.onset[t]] if grid.velocity is not None else ()
             self.hear(Frame(grid.onset[t], grid.sound[t], int(max(struck)) if len(struck) else Frame.velocity))
 
-    def _sample(self, h: np.ndarray) -> Frame:
-        cfg = self.cfg
-        lo, hi = cfg.low, cfg.low + cfg.n_pitches
+    def _sample(self, h: np.ndarray, heard: Frame) -> Frame:
+        """This step's frame: the rules' stages in turn around the model's distribution (see ``rules.py``)."""
+        cfg, rules = self.cfg, self.rules
+        position = self.bar_position()
+        ctx = Context(cfg, self.net, self.last, self.age, heard.sound, np.flatnonzero(heard.sound).tolist(),
+                      bool(heard.onset.any()), position, position % self.beat_steps == 0, self.steps_per_bar,
+                      self.meter, self.level, self.temperature, self.key)
         banned = np.zeros((cfg.n_pitches, cfg.states), bool)
-        if cfg.states == 3:
-            # A pitch can only be "held" if the improviser itself sounded it at the last step.
-            banned[:, HOLD] = ~self.last.sound[lo:hi]
-        if self.guard and 0 < self._player.sum() <= GUARD_MOST:
-            banned[self._clashes()[lo:hi]] = True  # neither struck nor held (silent stays allowed)
-            banned[:, 0] = False
-        bias = self._key_bias()
-        on_beat = self.bar_position() % self.beat_steps == 0
-        # The player's notes (those sounding at the last step: what it has heard of this beat) are voices too:
-        # with a line of up to three notes it fills in the rest of the four parts around them.
-        heard = np.flatnonzero(self._player).tolist()
-        voicing = self.voicing and on_beat and (not heard or (self.voice_with_player and len(heard) < 4))
-        lead = self._passage.key() if self.copies is not None else None
-        # This step's draws could complete a copy only if its last frames lead into one.
-        may_copy = lead is not None and (self.leads is None or lead in self.leads)
-        tries = self.voice_tries if voicing or may_copy else 1
-        start = self.net.step_logits(h, self._player[lo:hi], bias)
-        if self.accompanist is not None:
-            state = self.accompanist.step(self.net, start, heard, bool(self._struck), on_beat, self.key(),
-                                          self.last.sound, self.temperature)
+        for rule in rules:
+            rule.bans(ctx, banned)
+        bias = None
+        for rule in rules:
+            b = rule.bias(ctx)
+            if b is not None:
+                bias = b if bias is None else bias + b
+        ctx.start = self.net.step_logits(h, heard.sound[cfg.low: cfg.low + cfg.n_pitches], bias)
+        for rule in rules:
+            state = rule.take(ctx)
             if state is not None:
-                onset, sound = self._frame_of(state)
-                if on_beat:
-                    self._beat_chord = sorted(set(np.flatnonzero(sound).tolist()).union(heard))
-                return Frame(onset, sound, self._velocity())
-        # From silence the likeliest next step is more silence, and from a held chord holding on, step after
-        # step: at a low temperature it would never start (below ~0.5 nothing at all) or never move on. After
-        # silence, or a bar with nothing struck, a step is drawn at no less than START_TEMPERATURE.
-        sounding = self.last.sound
-        stuck = not sounding.any() or int(self.age[sounding].min()) >= self.steps_per_bar
-        temperature = max(self.temperature, START_TEMPERATURE) if stuck else self.temperature
-        drawn = []  # (voice-leading faults, states) of each draw not kept at once, in the order drawn
-        ready = self.net.prepare(start, temperature, banned)
-        for _ in range(tries):
-            state = self.net.draw(ready, self.rng.random(cfg.n_pitches))
-            if tries == 1:
                 break
-            faults = self._voice_faults(state, heard) if voicing else 0
-            if faults == 0 and not (may_copy and self._copies(state)):
-                break
-            drawn.append((faults, state))
         else:
-            # None was flawless: the first of those with the fewest voice-leading faults that completes no
-            # copied bar (a flawless one here was a copy). The copy check runs only on draws that could be kept.
-            drawn.sort(key=lambda d: d[0])  # a stable sort: the first drawn first among equals
-            state = next((s for faults, s in drawn if faults and not (may_copy and self._copies(s))), None)
-            if state is None and cfg.states == 3:
-                # Every draw completes a copied bar (any copy is worse than any voice fault): the model holds on
-                # (a long chord, as at a cadence). Draw once more with nothing held, so each of its notes is
-                # struck again or ends.
-                unheld = banned.copy()
-                unheld[:, HOLD] = True
-                state = self.net.draw(self.net.prepare(start, temperature, unheld), self.rng.random(cfg.n_pitches))
-            elif state is None:
-                state = drawn[0][1]
-        onset, sound = self._frame_of(state)
-        if on_beat:
-            self._beat_chord = sorted(set(np.flatnonzero(sound).tolist()).union(heard))
-        return Frame(onset, sound, self._velocity())
+            state = self._draw(ctx, banned)
+        frame = Frame(*ctx.frame_of(state))
+        for rule in rules:
+            rule.chosen(ctx, frame)
+        velocity = frame.velocity
+        for rule in rules:
+            velocity = rule.velocity(ctx, velocity)
+        return Frame(frame.onset, frame.sound, velocity)
 
-    def _frame_of(self, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A draw's states (n_pitches,) as the (onset, sound) bool (128,) of its frame."""
-        lo, hi = self.cfg.low, self.cfg.low + self.cfg.n_pitches
-        onset = np.zeros(N_MIDI, bool)
-        sound = np.zeros(N_MIDI, bool)
-        sound[lo:hi] = state != 0
-        # A two-state model (sounding or not) cannot re-strike: a note starts where it begins to sound.
-        onset[lo:hi] = state == ONSET if self.cfg.states == 3 else sound[lo:hi] & ~self.last.sound[lo:hi]
-        return onset, sound
-
-    def _copies(self, state: np.ndarray) -> bool:
-        """Would this draw complete a passage of COPY_STEPS steps found verbatim in the training music?"""
-        if not state.any():
-            return False  # a copy has no silent step in it
-        onset, sound = self._frame_of(state)
-        return self._passage.key_with(analysis.step_value(onset, sound)) in self.copies
-
-    def _voice_faults(self, state: np.ndarray, heard: list[int]) -> int:
-        """How far a drawn frame is from four-part writing, judged on the beat (between beats it moves
-        freely: passing notes, suspensions): neither four notes nor none; three or more notes that are no
-        common chord; each consecutive fifth or octave against the last beat's four notes."""
-        if self.bar_position() % self.beat_steps:
-            return 0
-        pitches = (np.flatnonzero(state) + self.cfg.low).tolist()
-        if heard:  # the player's notes and its own, as one texture (a unison with the player is one voice less)
-            pitches = sorted(set(pitches).union(heard))
-        faults = int(len(pitches) not in (0, 4))
-        if len(pitches) >= 3 and not harmony.is_common_chord(pitches):
-            faults += 1
-        if len(pitches) == 4 and len(self._beat_chord) == 4 and pitches != self._beat_chord:
-            faults += harmony.parallels(self._beat_chord, pitches)
-        return faults
+    def _draw(self, ctx: Context, banned: np.ndarray) -> np.ndarray:
+        """A step's states drawn from the model, at the rules' temperature, judged by those that judge it."""
+        n = self.cfg.n_pitches
+        temperature = self.temperature
+        for rule in self.rules:
+            temperature = rule.temperature(ctx, temperature)
+        judges = [rule for rule in self.rules if rule.judges(ctx)]
+        ready = self.net.prepare(ctx.start, temperature, banned)
+        if not judges or self.voice_tries <= 1:
+            return self.net.draw(ready, self.rng.random(n))
+        drawn = []  # (faults, states) of each draw not kept at once, in the order drawn
+        for _ in range(self.voice_tries):
+            state = self.net.draw(ready, self.rng.random(n))
+            faults = sum(rule.faults(ctx, state) for rule in judges)
+            if faults == 0 and not any(rule.refuse(ctx, state) for rule in judges):
+                return state
+            drawn.append((faults, state))
+        # None was flawless: the first of those with the fewest faults that none refuses (a flawless one here
+        # was refused). The refusals are asked only of draws that could be kept.
+        drawn.sort(key=lambda d: d[0])  # a stable sort: the first drawn first among equals
+        state = next((s for faults, s in drawn if faults and not any(r.refuse(ctx, s) for r in judges)), None)
+        if state is not None:
+            return state
+        for rule in judges:  # every draw refused: one more, with a rule's bans
+            unheld = rule.last_draw(ctx, banned)
+            if unheld is not None:
+                return self.net.draw(self.net.prepare(ctx.start, temperature, unheld), self.rng.random(n))
+        return drawn[0][1]
 
     def key(self) -> tuple[int, str] | None:
         """The key it holds to now: the one named, else the player's once heard, else None."""
@@ -375,30 +327,6 @@ class StreamingGenerator:
             self._key_seen = (seen, (tonic, mode))
         return self._key_seen[1]
 
-    def _key_bias(self) -> np.ndarray | None:
-        """(n_pitches, states) logits for striking (two-state: starting) each pitch, in the key held to."""
-        key = self.key() if self.key_hold > 0 else None
-        if key is None:
-            return None
-        cfg = self.cfg
-        if (key, self.key_hold) != self._bias_for:
-            pitches = np.arange(cfg.low, cfg.low + cfg.n_pitches)
-            self._per_pitch = self.key_hold * key_leaning(*key)[pitches % 12]
-            self._bias_for = (key, self.key_hold)
-            self._onset_bias = np.zeros((cfg.n_pitches, cfg.states))
-            self._onset_bias[:, -1] = self._per_pitch  # the last state: struck (sounding, for two states)
-        if cfg.states == 3:
-            return self._onset_bias  # (read, never written, by the model)
-        # Two states (sounding): only a note that is not already sounding starts here.
-        bias = np.zeros((cfg.n_pitches, cfg.states))
-        fresh = ~self.last.sound[cfg.low: cfg.low + cfg.n_pitches]
-        bias[fresh, 1] = self._per_pitch[fresh]
-        return bias
-
-    def _clashes(self) -> np.ndarray:
-        """bool (128,): pitches a second, fourth, tritone or seventh (or those plus octaves) from a player's note."""
-        return CLASHES[self._player].any(axis=0)
-
     def _stabilise(self, out: Frame) -> Frame:
         """Keep sounding, unstruck, every note younger than note_stability that the model ended or re-struck."""
         if self.note_stability <= 1:
@@ -408,13 +336,6 @@ class StreamingGenerator:
         if not ends.any():
             return out
         return Frame(out.onset & ~ends, out.sound | ends, out.velocity)
-
-    def _velocity(self) -> int:
-        """The player's level (or LEVEL) with a metrical accent, within the bounds; the model has no velocity."""
-        accent = ACCENT[self.meter.accent(self.bar_position(), self.cfg.steps_per_beat)]
-        level = LEVEL if self.level is None else self.level
-        lo, hi = self.velocity_range
-        return int(min(hi, max(lo, round(level + accent))))
 
 
 def generate(model: BachLSTM, n_steps: int, temperature: float = 1.0, note_stability: int = 1,

@@ -436,7 +436,7 @@ def part_tracks(h: Harmonisation, bpm: float, channel: int = 1, voices: bool = F
     with the meter's accent (downbeat, beat)."""
     from ..music.encoding import TimedNote
     from ..music.voices import VOICE_CHANNELS
-    from .generator import ACCENT, LEVEL
+    from .rules import ACCENT, LEVEL
 
     spb = h.tune.steps_per_beat
     step_s = 60.0 / bpm / spb
