@@ -45,6 +45,10 @@ NEXT_RANGE = np.arange(-5, 6)
 HYPOTHESES = 4  # likely next notes whose voicings are candidates
 FIT_WEIGHT = 8.0  # per unit of probability that the chord makes a common chord under the tune's next note
 CONSONANCE_WEIGHT = 8.0  # per unit of probability that its parts are consonant with the tune's next note
+# Per unit of probability that its bass is an octave or more under the tune's next note. 30 tune-part files
+# through `accompany` (`evaluate --accompaniment --part tune`): a bass on 93 % of beats without it, 96 % at 2,
+# 97 % at 4, common chords 76 / 75 / 76 %.
+BASS_WEIGHT = 4.0
 MISFIT_PARTS = 2  # a note of the tune dissonant with this many of its parts: the chord changes under it
 LED = 48  # candidates the voice leading is worked out for: those the fit and the key like best
 SHORTLIST = 16  # candidates the model judges
@@ -204,7 +208,8 @@ class Accompanist(Rule):
         # For each likely next note (rows) and candidate (columns): a common chord under it, consonances with it.
         under = _COMMON[bits[None] | (1 << (hyps % 12))[:, None]] & (cands[:, 0][None] < hyps[:, None])
         consonant = _CONSONANT[(hyps[:, None, None] - cands[None]) % 12].mean(axis=2)
-        score = probs @ (FIT_WEIGHT * under + CONSONANCE_WEIGHT * consonant)
+        bass = hyps[:, None] - cands[:, 2][None] >= 12  # its lowest note an octave or more under the tune
+        score = probs @ (FIT_WEIGHT * under + CONSONANCE_WEIGHT * consonant + BASS_WEIGHT * bass)
         if scale is not None:
             score -= OUT_OF_KEY_COST * (~scale[cands % 12]).sum(axis=1)
         if self.beat_chord is not None:  # leaps, and consecutive fifths and octaves under each likely next note
