@@ -114,3 +114,19 @@ def test_the_models_log_p_of_given_frames_is_torchs(model):
                                      torch.from_numpy(frames)[None]).numpy()[0]
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     assert len(set(np.round(ours, 3))) == n  # different frames, different probabilities
+
+
+def test_the_log_p_of_chords_is_that_of_their_frames(model):
+    """chord_log_probs (the accompanist's quick way) gives frame_log_probs' numbers for chords of three notes."""
+    from improviser.model.network import HOLD, ONSET, NumpyLSTM
+
+    net, rng = NumpyLSTM(model), np.random.default_rng(1)
+    x = np.zeros(model.cfg.n_inputs, np.float32)
+    x[3] = 1.0
+    start = net.step_logits(net.step(x))
+    pitches = np.sort(np.array([rng.choice(np.arange(5, 50), 3, replace=False) for _ in range(12)]), axis=1)
+    held = rng.random(pitches.shape) < 0.3
+    states = np.zeros((12, model.cfg.n_pitches), np.int64)
+    np.put_along_axis(states, pitches, np.where(held, HOLD, ONSET), axis=1)
+    np.testing.assert_allclose(net.chord_log_probs(start, pitches, held), net.frame_log_probs(start, states),
+                               atol=1e-9)

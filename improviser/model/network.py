@@ -474,11 +474,29 @@ class NumpyLSTM:
         hidden = np.tanh(a + np.cumsum(np.where(real[..., None], rows, 0.0), axis=1))  # after each note
         above = (hidden.reshape(c * most, -1) @ self._odds_v.T).reshape(c, most, n, k1) + odds[None, None]
         below = np.cumsum(sounding, axis=1) - sounding  # (C, n): notes under each pitch
-        log_odds = np.where((below == 0)[..., None], first[None],
-                            above[np.arange(c)[:, None], np.maximum(below - 1, 0), np.arange(n)[None]])
-        norm = np.logaddexp(0.0, np.logaddexp.reduce(log_odds, axis=-1))  # log of (silence + each state)
+        log_odds = np.broadcast_to(first, (c, n, k1))
+        for k in range(most):  # each pitch the layer of the notes below it
+            log_odds = np.where((below == k + 1)[..., None], above[:, k], log_odds)
+        norm = np.log1p(np.exp(log_odds).sum(axis=-1))  # log of (silence + each state); log-odds stay far below 700
         picked = np.take_along_axis(log_odds, np.maximum(states - 1, 0)[..., None], -1)[..., 0]
         return (np.where(sounding, picked, 0.0) - norm).sum(axis=1)
+
+    def chord_log_probs(self, start: tuple, pitches: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """``frame_log_probs`` of C frames of k notes each, given as their pitches' indices (C, k), ascending and
+        inside the model's range, and whether each is held (else struck): the same numbers in fewer steps (a
+        NADE model of three states only)."""
+        _, (odds, a, first) = start
+        n, k1 = self.cfg.n_pitches, self.cfg.states - 1
+        c, k = pitches.shape
+        state = np.where(held, HOLD, ONSET)
+        hidden = np.tanh(a + np.cumsum(self._nade_w[pitches, state - 1], axis=1))  # (C, k, H) after each note
+        above = (hidden.reshape(c * k, -1) @ self._odds_v.T).reshape(c, k, n, k1) + odds
+        below = (np.arange(n)[None, None] > pitches[:, :, None]).sum(axis=1)  # (C, n): notes under each pitch
+        log_odds = np.broadcast_to(first, (c, n, k1))
+        for j in range(k):
+            log_odds = np.where((below == j + 1)[..., None], above[:, j], log_odds)
+        norm = np.log1p(np.exp(log_odds).sum(axis=-1)).sum(axis=1)  # silence or a state, at every pitch
+        return log_odds[np.arange(c)[:, None], pitches, state - 1].sum(axis=1) - norm
 
     def prepare(self, start: tuple, temperature: float, banned: np.ndarray) -> tuple:
         """What every draw of a step at one temperature, with the same states banned, shares: (NADE head) the
