@@ -115,6 +115,11 @@ class Accompanist(Rule):
         self.reset()
 
     def reset(self) -> None:
+        self.heard_last = False  # the player was heard at its last step
+        self._forget()
+
+    def _forget(self) -> None:
+        """Stop accompanying (the player stopped, or plays no line): the next line heard starts afresh."""
         self.chord: tuple[int, int, int] | None = None  # (alto, tenor, bass) sounding now
         self.chord_for: int | None = None  # the tune's note it was chosen under (known or likeliest)
         self.tune: int | None = None  # the player's top note, last heard
@@ -146,14 +151,20 @@ class Accompanist(Rule):
         start: the model's ``step_logits`` for this step; sounding: bool (128,), its own notes at the last step.
         """
         if len(heard) > MOST_HEARD:
-            self.reset()
+            self._forget()
             return None
+        if heard and self.tune is None and not self.heard_last:
+            # The first of the player's notes heard while it plays: it waits a step to hear them go on, so the
+            # last note of a phrase it listened to (a --prime file, a phrase it answers) is no line to accompany.
+            self.heard_last = True
+            return None
+        self.heard_last = bool(heard)
         if heard:
             self.tune, self.quiet = max(heard), 0
         else:
             self.quiet += 1
         if self.tune is None or self.quiet > QUIET_STEPS:
-            self.reset()
+            self._forget()
             return None
         tune = self.tune
         self.since_beat = 0 if on_beat else self.since_beat + 1
