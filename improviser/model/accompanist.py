@@ -96,6 +96,35 @@ def _scale(key: tuple[int, str]) -> np.ndarray:
     return in_key(*key)
 
 
+@functools.lru_cache(maxsize=1024)
+def _ranked(tune: int, key, known: bool) -> tuple | None:
+    """What the rules make of the voicings under a tune's note, whatever came before: (the candidates (C, 3), their
+    scores for fitting under the likely next notes (or the note, ``known``) and in the key, the LED best of them,
+    the likely next notes, their probabilities); None where no voicing fits. Kept per note and key: a tune comes
+    back to its notes, so a beat's rules mostly cost only the voice leading from the last chord."""
+    scale = None if key is None else _scale(key)
+    if known:
+        hyps, probs = np.array([tune]), np.array([1.0])
+    else:
+        hyps = tune + NEXT_RANGE
+        probs = NEXT_NOTE if scale is None else NEXT_NOTE * np.where(scale[hyps % 12], 1.0, 0.1)
+        top = np.argsort(-probs, kind="stable")[:HYPOTHESES]
+        hyps, probs = hyps[top], probs[top] / probs[top].sum()
+    cands, bits, consonant = _candidates(tuple(int(m) for m in hyps))
+    if not len(cands):
+        return None
+    # For each likely next note (rows) and candidate (columns): a common chord under it, consonances with it.
+    under = _COMMON[bits[None] | (1 << (hyps % 12))[:, None]] & (cands[:, 0][None] < hyps[:, None])
+    consonant = consonant[hyps % 12]
+    bass = hyps[:, None] - cands[:, 2][None] >= 12  # its lowest note an octave or more under the tune
+    score = probs @ (FIT_WEIGHT * under + CONSONANCE_WEIGHT * consonant + BASS_WEIGHT * bass)
+    if scale is not None:
+        score -= OUT_OF_KEY_COST * (~scale[cands % 12]).sum(axis=1)
+    for array in (cands, score, hyps, probs):
+        array.flags.writeable = False  # shared by every beat that finds them here
+    return cands, score, _best(score, LED), hyps, probs
+
+
 @functools.lru_cache(maxsize=512)
 def _candidates(sopranos: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The voicings under any of these notes, each once: (C, 3); their pitch classes as bits (C,); and (12, C)
@@ -115,7 +144,7 @@ class Accompanist(Rule):
         self.reset()
 
     def reset(self) -> None:
-        self.heard_last = False  # the player was heard at its last step
+        self.waiting: int | None = None  # steps since a first note was heard while it was not accompanying
         self._forget()
 
     def _forget(self) -> None:
@@ -153,12 +182,16 @@ class Accompanist(Rule):
         if len(heard) > MOST_HEARD:
             self._forget()
             return None
-        if heard and self.tune is None and not self.heard_last:
-            # The first of the player's notes heard while it plays: it waits a step to hear them go on, so the
-            # last note of a phrase it listened to (a --prime file, a phrase it answers) is no line to accompany.
-            self.heard_last = True
-            return None
-        self.heard_last = bool(heard)
+        if self.tune is None:
+            # Not accompanying yet: a note heard while it plays is a line only if another follows (or it goes on)
+            # within QUIET_STEPS, so the last note of a phrase it listened to (a --prime file) is none.
+            if not heard:
+                self.waiting = None if self.waiting is None else self.waiting + 1
+                return None
+            if self.waiting is None or self.waiting > QUIET_STEPS:
+                self.waiting = 0
+                return None
+            self.waiting = None
         if heard:
             self.tune, self.quiet = max(heard), 0
         else:
@@ -246,28 +279,12 @@ class Accompanist(Rule):
     def _shortlist(self, tune: int, key, known: bool, beat_chord, beat_tune) -> tuple | None:
         """The rules' part of a choice: (the SHORTLIST candidates (S, 3), their scores, the likely next notes and
         their probabilities), or None where no voicing fits under the tune."""
-        scale = None if key is None else _scale(key)
-        if known:
-            hyps, probs = np.array([tune]), np.array([1.0])
-        else:
-            hyps = tune + NEXT_RANGE
-            probs = NEXT_NOTE if scale is None else NEXT_NOTE * np.where(scale[hyps % 12], 1.0, 0.1)
-            top = np.argsort(-probs, kind="stable")[:HYPOTHESES]
-            hyps, probs = hyps[top], probs[top] / probs[top].sum()
-        cands, bits, consonant = _candidates(tuple(int(m) for m in hyps))
-        if not len(cands):
+        ranked = _ranked(tune, key, known)
+        if ranked is None:
             return None
-        # For each likely next note (rows) and candidate (columns): a common chord under it, consonances with it.
-        under = _COMMON[bits[None] | (1 << (hyps % 12))[:, None]] & (cands[:, 0][None] < hyps[:, None])
-        consonant = consonant[hyps % 12]
-        bass = hyps[:, None] - cands[:, 2][None] >= 12  # its lowest note an octave or more under the tune
-        score = probs @ (FIT_WEIGHT * under + CONSONANCE_WEIGHT * consonant + BASS_WEIGHT * bass)
-        if scale is not None:
-            score -= OUT_OF_KEY_COST * (~scale[cands % 12]).sum(axis=1)
+        cands, score, near, hyps, probs = ranked
         if beat_chord is not None:  # leaps, and consecutive fifths and octaves under each likely next note
-            near = _best(score, LED)
-            cands, score = cands[near], score[near]
-            score = score + expected_leading(beat_chord, beat_tune, cands, hyps, probs)
+            cands, score = cands[near], score[near] + expected_leading(beat_chord, beat_tune, cands[near], hyps, probs)
         short = _best(score, SHORTLIST)
         return cands[short], score[short], hyps, probs
 
