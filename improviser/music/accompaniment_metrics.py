@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .encoding import STEPS_PER_BEAT, Meter
-from .harmony_metrics import is_common_chord, parallels
+from .harmony_metrics import is_common_chord, parallels, sharer, summed
 from .listening_metrics import CONSONANT
 
 FIGURES = ("consonant", "on_top", "bass", "common_chord", "four_voices", "parallels_per_100")
@@ -95,14 +95,8 @@ def accompaniment_counts(tune: np.ndarray, own: np.ndarray, meter: Meter, bar_st
 def accompaniment_summary(counts: Iterable[dict]) -> dict:
     """Summed counts -> the six figures (shares 0..1, parallels per 100 changes; NaN where undefined),
     with the summed counts."""
-    total: dict[str, int] = {}
-    for c in counts:
-        for k, v in c.items():
-            total[k] = total.get(k, 0) + v
-
-    def share(a: str, b: str, scale: float = 1.0) -> float:
-        return scale * total.get(a, 0) / total[b] if total.get(b) else float("nan")
-
+    total = summed(counts)
+    share = sharer(total)
     return {"consonant": share("consonant_pairs", "pairs"), "on_top": share("notes_under", "own_notes"),
             "bass": share("bass_beats", "beats"), "common_chord": share("chord_beats", "beats"),
             "four_voices": share("four_beats", "beats"),

@@ -75,15 +75,26 @@ def harmony_counts(grid: Grid | np.ndarray, steps_per_beat: int = 4) -> dict:
             "sounding_steps": int((sizes > 0).sum()), "four_steps": int((sizes == 4).sum())}
 
 
-def harmony_summary(counts: Iterable[dict]) -> dict:
-    """Summed counts -> parallels per 100 changes, share of common chords on beats, share of four-note steps."""
+def summed(counts: Iterable[dict]) -> dict[str, int]:
+    """The counts of several pieces added up, name by name."""
     total: dict[str, int] = {}
     for c in counts:
         for k, v in c.items():
             total[k] = total.get(k, 0) + v
+    return total
 
+
+def sharer(total: dict[str, int]):
+    """share(a, b, scale=1): scale * total[a] / total[b], NaN where there is no b."""
     def share(a: str, b: str, scale: float = 1.0) -> float:
         return scale * total.get(a, 0) / total[b] if total.get(b) else float("nan")
 
+    return share
+
+
+def harmony_summary(counts: Iterable[dict]) -> dict:
+    """Summed counts -> parallels per 100 changes, share of common chords on beats, share of four-note steps."""
+    total = summed(counts)
+    share = sharer(total)
     return {"parallels_per_100": share("parallels", "changes", 100.0), "common_chords": share("common", "chord_beats"),
             "four_notes": share("four_steps", "sounding_steps"), **total}
