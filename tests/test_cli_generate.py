@@ -131,3 +131,33 @@ def test_train_input_errors(tmp_path, monkeypatch):
     one_line_error(run("train", DATA, "--out", tmp_path / "x.pt", "--epochs", 0), "--epochs")
     write_midi(tmp_path / "one.mid", {"x": [TimedNote(60, 0, 1)]}, 120)
     one_line_error(run("train", tmp_path / "one.mid", "--out", tmp_path / "x.pt"), "at least 2 pieces")
+
+
+@pytest.mark.parametrize("meter", ["3/4", "6/8"])
+def test_generate_in_a_meter_writes_it_and_accents_its_bar_lines(tmp_path, meter):
+    """--meter: the file's time signature, and its own loudest notes struck on the bar lines of that meter."""
+    from improviser.music.encoding import Meter, read_midi
+
+    out = tmp_path / "m.mid"
+    r = run("generate", out, "--seconds", 20, "--seed", 3, "--meter", meter)
+    assert r.exit_code == 0, r.output
+    grid = read_midi(out)
+    assert grid.meter == Meter.parse(meter) and grid.bar_start == 0
+    struck = np.flatnonzero(grid.onset.any(axis=1))
+    loud = grid.velocity.max(axis=1)[struck]
+    downbeats = struck % grid.steps_per_bar == 0
+    assert downbeats.any() and loud[downbeats].min() > loud[~downbeats].max()
+
+
+def test_a_meter_that_is_none_is_a_one_line_error(tmp_path):
+    one_line_error(run("generate", tmp_path / "m.mid", "--meter", "5/3"), "--meter")
+
+
+def test_record_writes_its_meter_too(tmp_path):
+    """record --meter (here with no MIDI system: the file is still written) puts the meter in the session file."""
+    from improviser.music.encoding import Meter, read_midi
+
+    out = tmp_path / "r.mid"
+    r = run("record", out, "--seconds", 4, "--seed", 2, "--meter", "3/4")
+    assert r.exit_code == 0, r.output
+    assert read_midi(out).meter == Meter(3, 4)
