@@ -871,7 +871,7 @@ def harmonise(
     check_output(out)
     model, _ = load_model(music.checkpoint)
     tune = read_midi(melody, model.cfg.steps_per_beat)
-    seconds = len(tune) * 60.0 / tune.bpm / tune.steps_per_beat
+    seconds = tune.seconds()  # through its tempo changes
     if seconds > MAX_HARMONISE_SECONDS:
         raise ImproviserError(f"{melody}: lasts {seconds / 60:.0f} minutes; harmonise takes up to "
                               f"{MAX_HARMONISE_SECONDS / 60:.0f}: cut it into parts")

@@ -120,3 +120,26 @@ def test_transposition_moves_notes_and_refuses_to_leave_midi_range():
 def test_grid_rejects_wrong_shapes():
     with pytest.raises(ValueError):
         Grid(np.zeros((4, 88), bool), np.zeros((4, 88), bool))
+
+
+def test_a_files_length_in_seconds_follows_its_tempo_changes(tmp_path):
+    """Grid.seconds: 8 beats at 120 bpm then 8 at 60 = 4 s + 8 s, as the file plays."""
+    mid = mido.MidiFile(type=1, ticks_per_beat=480)
+    conductor = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(120), time=0),
+                                mido.MetaMessage("set_tempo", tempo=mido.bpm2tempo(60), time=8 * 480)])
+    notes = mido.MidiTrack()
+    for _ in range(16):
+        notes.append(mido.Message("note_on", note=60, velocity=80, time=0))
+        notes.append(mido.Message("note_off", note=60, velocity=0, time=480))
+    mid.tracks += [conductor, notes]
+    mid.save(tmp_path / "t.mid")
+    grid = read_midi(tmp_path / "t.mid")
+    assert grid.tempo_map == ((32, 60.0),)
+    assert grid.seconds() == pytest.approx(12.0)
+    assert grid.seconds() == pytest.approx(pretty_midi_length(tmp_path / "t.mid"), abs=0.01)
+
+
+def pretty_midi_length(path) -> float:
+    import pretty_midi
+
+    return pretty_midi.PrettyMIDI(str(path)).get_end_time()

@@ -151,6 +151,12 @@ class Grid:
     def beat_steps(self) -> int:
         return self.time_signature.beat_steps(self.steps_per_beat)
 
+    def seconds(self) -> float:
+        """How long the piece lasts, through its tempo changes."""
+        edges = [(0, self.bpm), *self.tempo_map, (len(self), 0.0)]
+        return sum(max(0, min(len(self), end) - start) * 60.0 / bpm / self.steps_per_beat
+                   for (start, bpm), (end, _) in zip(edges, edges[1:]))
+
     def tempo_beats(self) -> tuple:
         """The tempo changes as ((beat, bpm), ...), as ``write_midi`` takes them."""
         return tuple((step / self.steps_per_beat, bpm) for step, bpm in self.tempo_map)
