@@ -865,6 +865,7 @@ def harmonise(
     from .model.generator import parse_key
     from .model.harmonise import harmonise as run_harmonise
     from .model.harmonise import part_tracks
+    from .music.analysis import key_name
     from .music.encoding import grid_to_timed_notes, read_midi, write_midi
 
     music.check()
@@ -897,14 +898,8 @@ def harmonise(
                bar_line=bar_line, tempo_map=tune.tempo_beats() if music.bpm is None else ())
     parts = sum(len(n) for name, n in tracks.items() if name != "player")
     typer.echo(f"wrote {out}: {len(tracks['player'])} melody notes in {tune.time_signature} at {bpm:g} bpm, "
-               f"{parts} notes in three parts ({len(h.chords)} beats, {_key_text(h.key)}) "
+               f"{parts} notes in three parts ({len(h.chords)} beats, {key_name(*h.key)}) "
                f"in {time.perf_counter() - t0:.2f} s", err=True)
-
-
-def _key_text(key) -> str:
-    from .music.analysis import key_name
-
-    return key_name(*key)
 
 
 @app.command()

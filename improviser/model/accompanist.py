@@ -153,7 +153,6 @@ class Accompanist(Rule):
     def _forget(self) -> None:
         """Stop accompanying (the player stopped, or plays no line): the next line heard starts afresh."""
         self.chord: tuple[int, int, int] | None = None  # (alto, tenor, bass) sounding now
-        self.chord_for: int | None = None  # the tune's note it was chosen under (known or likeliest)
         self.tune: int | None = None  # the player's top note, last heard
         self.quiet = QUIET_STEPS + 1  # steps since the player was last heard
         self.since_beat = 0
@@ -223,11 +222,7 @@ class Accompanist(Rule):
         two, in the key) to a note consonant with it, in order between its neighbours -- an inner voice moving
         in thirds or sixths with the tune, as Bach's do -- or stays where no such step is."""
         chord = list(self.chord)
-        scale = None
-        if key is not None:
-            from ..music.analysis import in_key
-
-            scale = in_key(*key)
+        scale = None if key is None else _scale(key)
         for v, p in enumerate(chord):
             if _CONSONANT[(tune - p) % 12]:
                 continue
@@ -261,25 +256,18 @@ class Accompanist(Rule):
         if short is None:
             self.chord = None
             return
-        cands, score, hyps, probs = short
+        cands, score = short[:2]
         low = cands[:, ::-1] - self.low  # bass, tenor, alto: low to high, as the model's pitch indices
         if known:
             pass  # a chord changed under a note just heard: the rules' choice (the model chose the beat's)
         elif self.states == 3 and start[1] is not None and low.min() >= 0 and low.max() < self.n_pitches:
             score = score + net.chord_log_probs(start, low, sounding[cands[:, ::-1]])
         else:  # a model of two states, an independent head, or a chord outside its range: the general way
-            states = np.zeros((len(cands), self.n_pitches), np.int64)
-            inside = (cands >= self.low) & (cands < self.low + self.n_pitches)
-            rows = np.broadcast_to(np.arange(len(cands))[:, None], cands.shape)
-            held = sounding[cands] if self.states == 3 else np.zeros(cands.shape, bool)
-            struck = ONSET if self.states == 3 else 1
-            states[rows[inside], cands[inside] - self.low] = np.where(held, HOLD, struck)[inside]
-            score = score + net.frame_log_probs(start, states)
+            score = score + net.frame_log_probs(start, np.stack([self._states_of(c, sounding) for c in cands]))
         if temperature > 0:
             score = score + temperature * self.rng.gumbel(size=len(score))
         best = int(np.argmax(score))
         self.chord = tuple(int(p) for p in cands[best])
-        self.chord_for = int(hyps[np.argmax(probs)])
 
     def _shortlist(self, tune: int, key, known: bool, beat_chord, beat_tune) -> tuple | None:
         """The rules' part of a choice: (the SHORTLIST candidates (S, 3), their scores, the likely next notes and

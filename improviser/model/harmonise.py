@@ -25,7 +25,7 @@ model steps in torch, a batch of beams at a time.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -82,8 +82,6 @@ def top_line(grid: Grid) -> tuple[Grid, bool]:
     # A note that becomes the top line partway through (the one above it ended) starts there.
     prev = np.vstack([np.zeros((1, N_MIDI), bool), keep[:-1]])
     onset |= keep & ~prev
-    from dataclasses import replace
-
     return replace(grid, onset=onset, sound=keep,
                    velocity=None if grid.velocity is None else np.where(onset, grid.velocity, 0)), dropped
 
