@@ -189,6 +189,17 @@ def improviser(*args: str, env: dict | None = None, **kwargs) -> subprocess.Pope
                             **kwargs)
 
 
+def torchrun_train(tmp_path, *args: str, ranks: int = 2) -> subprocess.CompletedProcess:
+    """``improviser train ARGS`` under torchrun with ``ranks`` processes on this machine, one thread each, its
+    cache in ``tmp_path``: the finished process (output captured as text)."""
+    import shutil
+
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "IMPROVISER_CACHE": str(Path(tmp_path) / "cache"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(ranks), "-m", "improviser", "train",
+                           *map(str, args)], env=env, capture_output=True, text=True, timeout=240)
+
+
 def finish(proc: subprocess.Popen, timeout: float = 30) -> tuple[int, str, str]:
     """Wait for ``proc`` to end; its exit code, stdout and stderr."""
     out, err = proc.communicate(timeout=timeout)

@@ -3,10 +3,6 @@ would, keeps the best epoch, and writes checkpoints that hold CPU tensors."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,17 +11,15 @@ import torch
 from improviser.model.data import load_midi_files, split
 from improviser.model.network import load_checkpoint
 from improviser.model.train import validate
+from improviser.testing import torchrun_train
 
 DATA = Path(__file__).parent / "data"
 
 
 def test_torchrun_on_the_cpu_validates_and_chooses_the_best_epoch_as_one_process(tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    env = {**os.environ, "IMPROVISER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     ck = tmp_path / "ddp.pt"
-    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "improviser", "train", str(DATA),
-                        "--out", str(ck), "--epochs", "3", "--patience", "99", "--hidden", "32", "--threads", "1",
-                        "--device", "cpu"], env=env, capture_output=True, text=True, timeout=240)
+    r = torchrun_train(tmp_path, DATA, "--out", ck, "--epochs", "3", "--patience", "99", "--hidden", "32",
+                       "--threads", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("training on cpu (1 thread), float32; 2 ranks (gloo)") == 1  # rank 0 alone says it
     assert r.stderr.count("epoch 3: train") == 1
