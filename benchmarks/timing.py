@@ -1,17 +1,20 @@
-"""Timing on a real JACK server: the two JACK backends side by side at a separate client, or (``--naive``)
-the live engine beside a naive loop.
+"""Timing on a real JACK server: the two JACK backends side by side at a separate client, idle and under a
+flood of input, or (``--naive``) the live engine beside a naive loop.
 
-    python benchmarks/timing.py [SECONDS] [--bpm 140] [--periods 64 256 1024]
+    python benchmarks/timing.py [SECONDS] [--bpm 140] [--periods 32 64 128 256 1024] [--loads idle flood]
     python benchmarks/timing.py [SECONDS] --naive [--bpm 120] [--checkpoint P] [--jack-realtime]
 
 **Backends** (the default). For each period it starts a JACK server of its own (dummy driver, 48 kHz,
-real-time if allowed), and for each backend (``--jack-backend jack``: each message on its frame;
-``rtmidi``: python-rtmidi's, everything at the start of the next period) runs ``improviser record
---api jack --bpm 140 --seed 1`` for SECONDS into ``jack_midi_dump -a``, JACK's own example client,
-which prints the frame every message was written on. Reported: onset jitter against the tempo grid
-(the distinct note-on times in frames / 48 kHz, less the grid's phase: what a synth in the graph
-hears), the onsets' lag behind the session file's times less its median, whether every note of the
-file arrived with its note-off, the messages the JACK backend wrote after their time, and its lead.
+real-time if allowed), and for each load and backend (``--jack-backend jack``, the default: a real-time
+process of its own writes each message on its frame; ``rtmidi``: python-rtmidi's in the one process,
+everything at the start of the next period) runs ``improviser record --api jack --bpm 140 --seed 1`` for
+SECONDS into ``jack_midi_dump -a``, JACK's own example client, which prints the frame every message was
+written on. Load ``idle``: nothing on its input; ``flood``: ``--input virtual --mode accompany`` with a
+process sending ~1,000 messages a second of every kind into it (notes on all channels, aftertouch, pitch
+bend, controllers, sysex, clock: ``testing.flood``). Reported: onset jitter against the tempo grid (the
+distinct note-on times in frames / 48 kHz, less the grid's phase: what a synth in the graph hears), the
+onsets' lag behind the session file's times less its median, whether every note of the file arrived with
+its note-off, the messages written after their time, the xruns the improviser counted, and its lead.
 
 **Naive** (``--naive``). Starts its own JACK server (dummy driver, 48 kHz, -p 32: a 0.67 ms period) and
 a monitor port in this process that timestamps every arriving message with time.monotonic(). Then it
@@ -49,11 +52,14 @@ from improviser.testing import (
     RATE,
     JackUnavailable,
     MidiDump,
+    Run,
     dump_notes,
     file_notes,
     grid_residuals,
+    input_port,
     jack_server,
     realtime_jack_server,
+    start_flood,
 )
 
 BACKENDS = ("jack", "rtmidi")
@@ -63,7 +69,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("seconds", nargs="?", type=float, default=60.0, help="seconds each player runs")
     ap.add_argument("--bpm", type=float, default=None, help="default: 140 (backends), 120 (--naive)")
-    ap.add_argument("--periods", type=int, nargs="+", default=[64, 256, 1024], help="JACK periods, in frames")
+    ap.add_argument("--periods", type=int, nargs="+", default=[32, 64, 128, 256, 1024],
+                    help="JACK periods, in frames")
+    ap.add_argument("--loads", nargs="+", default=list(LOADS), choices=LOADS,
+                    help="idle: no input; flood: ~1,000 messages/s on --input virtual, accompanying")
     ap.add_argument("--naive", action="store_true", help="the engine beside a naive loop, at a monitor port")
     ap.add_argument("--checkpoint", default=None, help="default: the shipped checkpoint")
     ap.add_argument("--jack-realtime", action="store_true",
@@ -103,46 +112,72 @@ def main() -> None:
 
 # ---- the backends, at jack_midi_dump --------------------------------------------------------------
 
+LOADS = ("idle", "flood")
+
+
 def compare_backends(args) -> None:
     args.bpm = args.bpm or 140.0
     results, realtime = {}, {}
     for period in args.periods:
         # Without rtprio rights a server that is not real-time measures the load instead (said in the report).
         with realtime_jack_server("improviser-bench", period) as (_, realtime[period]):
-            for backend in BACKENDS:
-                results[period, backend] = run_backend(backend, args)
-                print(f"-p {period} {backend}: done", file=sys.stderr)
+            for load in args.loads:
+                for backend in BACKENDS:
+                    results[period, backend, load] = run_backend(backend, load, args)
+                    r = results[period, backend, load]
+                    print(f"-p {period} {backend} {load}: p99 {r['p99']:.3f} ms, {r['arrived']}/{r['notes']} notes, "
+                          f"xruns {r['xruns']}", file=sys.stderr)
     report_backends(args, results, realtime)
 
 
-def run_backend(backend: str, args) -> dict:
-    """``improviser record`` with ``backend`` into jack_midi_dump; what arrived, against the grid and the file."""
+def run_backend(backend: str, load: str, args) -> dict:
+    """``improviser record`` with ``backend`` into jack_midi_dump (with ``load`` "flood": ``--input virtual --mode
+    accompany`` and ~1,000 messages a second of every kind on that input); what arrived, against the grid and
+    the file."""
     step = 60.0 / args.bpm / 4
     dump = MidiDump()
+    flooder = None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "take.mid"
-        cmd = [sys.executable, "-m", "improviser", "record", str(out), "--seconds", str(args.seconds),
-               "--bpm", str(args.bpm), "--seed", "1", "--api", "jack", "--jack-backend", backend,
-               "--output", dump.client] + (["--checkpoint", args.checkpoint] if args.checkpoint else [])
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = ["record", str(out), "--seconds", str(args.seconds), "--bpm", str(args.bpm), "--seed", "1",
+               "--api", "jack", "--jack-backend", backend, "--output", dump.client]
+        cmd += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+        if load == "flood":
+            flooder, client = start_flood(args.seconds + 5)
+            cmd += ["--input", "virtual", "--mode", "accompany"]
+        run = Run(*cmd)
+        try:
+            if flooder is not None:
+                run.wait_for("playing into", timeout=60)
+                subprocess.run(["jack_connect", f"{client}:out", input_port()], check=True, timeout=30)
+                flooder.stdin.write("go\n")
+                flooder.stdin.flush()
+            err = run.finish(timeout=args.seconds + 120)
+        finally:
+            if run.proc.poll() is None:
+                run.proc.kill()
+            if flooder is not None:
+                flooder.kill()
         time.sleep(0.1)  # the last messages are on their way
         events = dump.stop()
-        if done.returncode != 0:
-            sys.exit(f"improviser record --jack-backend {backend} failed: {done.stderr.strip()[-500:]}")
+        if run.proc.returncode != 0:
+            sys.exit(f"improviser record --jack-backend {backend} ({load}) failed: {err.strip()[-500:]}")
         saved = file_notes(out)[0]
     heard = dump_notes(events, RATE)
     onsets = np.unique([n[1] for n in heard])
     resid = np.abs(grid_residuals(onsets, step)) * 1e3
     lags = np.array([h[1] - s[1] for h, s in zip(heard, saved)])
     offs = sum(1 for _, d in events if len(d) == 3 and (d[0] & 0xF0 == 0x80 or (d[0] & 0xF0 == 0x90 and d[2] == 0)))
-    late = re.search(r"(\d+) messages written after their time", done.stderr)
-    lead = re.search(r"handed over ([\d.]+) ms ahead", done.stderr)
+    late = re.search(r"(\d+) messages written after their time", err)
+    lead = re.search(r"handed over ([\d.]+) ms ahead", err)
+    xruns = re.search(r"(\d+) JACK xruns", err)
     return {
         "p50": np.percentile(resid, 50), "p99": np.percentile(resid, 99), "max": resid.max(),
         "lag_p99": np.percentile(np.abs(lags - np.median(lags)), 99) * 1e3,
         "notes": len(saved), "arrived": len(heard), "offs": offs,
         "same": [n[0] for n in heard] == [n[0] for n in saved],
         "late": late.group(1) if late else "-", "lead": lead.group(1) if lead else "-",
+        "xruns": xruns.group(1) if xruns else "-",
     }
 
 
@@ -150,17 +185,21 @@ def report_backends(args, results: dict, realtime: dict) -> None:
     periods = args.periods
     print(f"timing at jack_midi_dump: {args.seconds:g} s per run at {args.bpm:g} bpm (step "
           f"{60 / args.bpm / 4 * 1e3:.1f} ms), JACK dummy driver {RATE} Hz, "
-          + ", ".join(f"-p {p} {'real-time' if realtime[p] else 'NOT real-time'}" for p in periods))
-    print(f"{'':34}" + "".join(f"{f'-p {p} ({p / RATE * 1e3:.2f} ms)':>22}" for p in periods))
-    print(f"{'':34}" + "".join(f"{b:>11}" for _ in periods for b in BACKENDS))
-    rows = [("onset jitter p50, grid (ms)", "p50", "{:11.3f}"), ("onset jitter p99, grid (ms)", "p99", "{:11.3f}"),
-            ("onset jitter max, grid (ms)", "max", "{:11.3f}"),
-            ("lag behind the file, p99 (ms)", "lag_p99", "{:11.3f}"), ("notes in the file", "notes", "{:>11}"),
-            ("notes arrived", "arrived", "{:>11}"), ("note-offs arrived", "offs", "{:>11}"),
-            ("same notes in the same order", "same", "{!s:>11}"), ("messages written late", "late", "{:>11}"),
-            ("lead (ms)", "lead", "{:>11}")]
-    for label, key, fmt in rows:
-        print(f"{label:34}" + "".join(fmt.format(results[p, b][key]) for p in periods for b in BACKENDS))
+          + ", ".join(f"-p {p} {'real-time' if realtime[p] else 'NOT real-time'}" for p in periods)
+          + "; flood: --input virtual --mode accompany, ~1,000 messages/s in")
+    rows = [("onset jitter p50, grid (ms)", "p50", "{:.3f}"), ("onset jitter p99, grid (ms)", "p99", "{:.3f}"),
+            ("onset jitter max, grid (ms)", "max", "{:.3f}"),
+            ("lag behind the file, p99 (ms)", "lag_p99", "{:.3f}"), ("notes in the file", "notes", "{}"),
+            ("notes arrived", "arrived", "{}"), ("note-offs arrived", "offs", "{}"),
+            ("same notes in the same order", "same", "{!s}"), ("messages written late", "late", "{}"),
+            ("JACK xruns (the improviser's count)", "xruns", "{}"), ("lead (ms)", "lead", "{}")]
+    for load in args.loads:
+        print(f"\n{load}")
+        print(f"{'':38}" + "".join(f"{f'-p {p} ({p / RATE * 1e3:.2f} ms)':>22}" for p in periods))
+        print(f"{'':38}" + "".join(f"{b:>11}" for _ in periods for b in BACKENDS))
+        for label, key, fmt in rows:
+            print(f"{label:38}" + "".join(f"{fmt.format(results[p, b, load][key]):>11}" for p in periods
+                                          for b in BACKENDS))
 
 
 # ---- the players (child processes) ---------------------------------------------------------------

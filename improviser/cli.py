@@ -753,26 +753,20 @@ def _live(gen, port, api: Optional[str], opts: LiveOptions):
             typer.echo(f"ignored {listening.tempo_ignored} tempo controls (following the DAW's clock)", err=True)
 
 
-# JACK periods up to 64 frames (at 44.1 or 48 kHz): there python-rtmidi's backend measured steadier than ours (README).
-SHORT_PERIOD = 0.0015  # s
-
-
 def _open_output(api: Optional[str], output: Optional[str], jack_backend: Optional[str] = None):
     """A virtual output port, or (--output NAME) a connection that comes back when that program restarts."""
+    from .ports import remote
     from .ports.midi import open_output
     from .ports.reconnect import open_reconnecting_output
 
-    if output is None:
+    if output is None or remote.link() is not None:  # (the real-time process keeps its connection itself)
         port = open_output(api, None, jack_backend)
     else:
         port = open_reconnecting_output(api, output, warn=_warn, info=lambda text: typer.echo(text, err=True),
                                         jack_backend=jack_backend)
     if port.lead:
-        typer.echo(f"JACK backend: each message written on its own frame, handed over {port.lead * 1e3:.1f} ms "
-                   f"ahead (one period, {port.period * 1e3:.2f} ms, plus a margin)", err=True)
-        if port.period <= SHORT_PERIOD:
-            typer.echo("  at a period this short --jack-backend rtmidi keeps steadier time (its process callback "
-                       "need not wait for Python every period; README, 'Timing on JACK')", err=True)
+        typer.echo(f"JACK backend: a real-time process writes each message on its own frame, handed over "
+                   f"{port.lead * 1e3:.1f} ms ahead (one period, {port.period * 1e3:.2f} ms, plus a margin)", err=True)
     elif (api or "").lower() == "jack" and jack_backend is None:
         _warn("JACK-Client is not installed, so python-rtmidi's JACK backend plays (every message at the start "
               "of a period); pip install 'improviser[jack]' to place each on its own frame")
@@ -784,7 +778,54 @@ def _timing_line(result) -> str:
     line = f"{s.played} steps played, {s.late_steps} late, worst send delay {s.max_send_delay * 1e3:.2f} ms"
     if result.port_late is not None:
         line += f"; {result.port_late} messages written after their time"
+    if result.xruns is not None:
+        line += f"; {result.xruns} JACK xruns"
     return line
+
+
+LIVE_COMMANDS = {"record": lambda a: _record(**a), "play": lambda a: _play(**a)}
+
+
+def _in_two_processes(command: str, live: LiveOptions, **arguments) -> None:
+    """On the JACK backend, play in two processes (``live.split``): this one opens the ports and keeps their
+    time, a worker runs ``command``; exits with the worker's code. Elsewhere (or in the worker) returns."""
+    from .ports import remote
+    from .ports.midi import MidiSystemMissing, jack_backend_of
+
+    if remote.link() is not None or jack_backend_of(live.api, live.jack_backend) != "jack":
+        return
+    import gc
+
+    from .live.split import Worker, supervise
+    from .ports.realtime import RealtimeSide, realtime_settings
+
+    worker = Worker()  # it loads the model while the ports open
+    # Everything this process holds now is never collected again: a full collection once the ports are open
+    # would hold the GIL for tens of ms, and JACK would take the process callback out of time (an xrun).
+    gc.collect()
+    gc.freeze()
+    realtime_settings()
+    try:
+        side = RealtimeSide(live.output, live.input_name, live.thru, warn=_warn,
+                            info=lambda text: typer.echo(text, err=True))
+    except BaseException as e:
+        worker.cancel()
+        if isinstance(e, MidiSystemMissing):
+            return  # the command itself says what is missing (or writes its file without playing)
+        raise
+    code = supervise(side, worker, command, {**arguments, "live": live},
+                     say=lambda text: typer.echo(f"error: {text}", err=True))
+    raise typer.Exit(code)
+
+
+@app.command("worker", hidden=True)
+@cli_errors
+def worker(fd: int = typer.Argument(..., help="The socket to the real-time process.")) -> None:
+    """The worker process of record and play on JACK (started by them, not by hand): runs the model."""
+    from .live.split import worker_arguments
+
+    hello = worker_arguments(fd)
+    LIVE_COMMANDS[hello["command"]](hello["arguments"])
 
 
 ACCOMPANY_PARAMS = {**MUSIC_PARAMS, "bpm": (Optional[float], typer.Option(
@@ -919,13 +960,19 @@ def record(
     Example: improviser record out.mid --seconds 30 --bpm 90 --api jack --output synth
              improviser record out.mid --synth      (hear it on this computer's speakers)
     """
+    check_seconds(seconds)
+    live.check()
+    check_output(out)
+    _in_two_processes("record", live, out=out, seconds=seconds)
+    _record(out, seconds, live)
+
+
+def _record(out: Path, seconds: float, live: LiveOptions) -> None:
+    """record's work (in the worker process on the JACK backend)."""
     from .live.clock import MonotonicClock
     from .live.engine import record as run_record
     from .ports.midi import MidiSystemMissing
 
-    check_seconds(seconds)
-    live.check()
-    check_output(out)
     gen = _live_generator(live.music)
     try:
         port = _open_output(live.api, live.output, live.jack_backend)
@@ -967,8 +1014,6 @@ def play(
     Example: improviser play --sessions ~/improvised --session-seconds 30 --api jack
              improviser play --synth --render      (hear it here, and keep each session as a WAV too)
     """
-    from .live.engine import play as run_play
-
     check_seconds(session_seconds, "--session-seconds")
     live.sound.render = render_sessions
     live.check()
@@ -979,6 +1024,16 @@ def play(
     except OSError as e:
         raise ImproviserError(f"cannot create the sessions folder {sessions}: {e.strerror}") from None
     check_output(sessions / "session.mid")
+    _in_two_processes("play", live, sessions=sessions, plot_sessions=plot_sessions,
+                      session_seconds=session_seconds, render_sessions=render_sessions)
+    _play(sessions, plot_sessions, session_seconds, render_sessions, live)
+
+
+def _play(sessions: Path, plot_sessions: bool, session_seconds: float, render_sessions: bool,
+          live: LiveOptions) -> None:
+    """play's work (in the worker process on the JACK backend)."""
+    from .live.engine import play as run_play
+
     gen = _live_generator(live.music)
     port = _open_output(live.api, live.output, live.jack_backend)  # no MIDI system: a PortError saying what to install
 

@@ -109,6 +109,7 @@ class LiveResult:
     interrupted: bool = False  # stopped before its planned end
     # Messages a port that places them in time wrote after their time (None: the port sends at once).
     port_late: int | None = None
+    xruns: int | None = None  # cycles JACK reported late while playing (None: a port that does not count them)
 
     @property
     def n_notes(self) -> int:
@@ -143,6 +144,9 @@ class LiveEngine:
         steps); None: one session for the whole run.
     on_session(session): called (on a background thread) with each finished
         session except the last, which ``run`` returns.
+    on_session_start(spec): called (on the sender thread) as each session begins, with what a
+        ``SessionRecorder`` needs to record it (``index``, ``start``, ``voices``, ``meter``, ``bar_time``,
+        ``bar_seconds``): the services pass it on to a port in another process (``split``).
     warn(text): where warnings go (late steps); default: the logging module.
     """
 
@@ -152,7 +156,7 @@ class LiveEngine:
                  warn: Callable[[str], None] | None = None, channel: int = 0,
                  listening: Any = None, timing: TimingSource | None = None, lookahead: int = 2,
                  sinks: list | None = None, program: int | None = None, thru: bool = False,
-                 voices: bool = False):
+                 voices: bool = False, on_session_start: Callable[[dict], None] | None = None):
         self.generator = generator
         self.bpm = float(bpm)
         self.port = port
@@ -163,6 +167,9 @@ class LiveEngine:
         self.steps_per_session = (None if session_seconds is None
                                   else max(1, round(session_seconds / self.step_seconds)))
         self.on_session = on_session
+        self.on_session_start = on_session_start
+        self._asked_step = 0.0  # the step of the last tempo asked for (set_bpm, any thread)
+        self._session_spec: dict = {}  # what each session's recorder is made with (run, then the sender)
         self.timing = timing or TempoGrid(self.step_seconds, self.clock)
         self.listening = listening
         self.sinks = list(sinks or [])
@@ -197,7 +204,9 @@ class LiveEngine:
         number of steps long, and their files carry the starting tempo (note times in them are
         still the true ones).
         """
-        return self.conductor.set_step_seconds(60.0 / float(bpm) / self.generator.cfg.steps_per_beat)
+        step = 60.0 / float(bpm) / self.generator.cfg.steps_per_beat
+        self._asked_step = step  # (a plain value: the sender reads it for its promise, beside the grid's own)
+        return self.conductor.set_step_seconds(step)
 
     def run(self, seconds: float | None = None) -> LiveResult:
         """Play for ``seconds`` (None: until ``stop()``); returns the sessions, the last one partial if stopped.
@@ -215,9 +224,11 @@ class LiveEngine:
             start = self.clock.now() + START_DELAY
             gen = self.generator
             meter = getattr(gen, "meter", None)  # (a generator that keeps no meter: 4/4 from the first step)
-            self.recorder = SessionRecorder(start, voices=self.voices is not None, meter=meter,
-                                            bar_time=start - (gen.bar_position() if meter else 0) * self.step_seconds,
-                                            bar_seconds=gen.steps_per_bar * self.step_seconds if meter else 0.0)
+            self._session_spec = {"voices": self.voices is not None, "meter": meter,
+                                  "bar_time": start - (gen.bar_position() if meter else 0) * self.step_seconds,
+                                  "bar_seconds": gen.steps_per_bar * self.step_seconds if meter else 0.0}
+            self.recorder = SessionRecorder(start, **self._session_spec)
+            self._session_began(0, start)
             if self.program is not None:
                 for channel in self.voices.channels if self.voices is not None else (self.channel,):
                     change = mido.Message("program_change", channel=channel, program=self.program)
@@ -237,6 +248,7 @@ class LiveEngine:
             last = self._silence()
             if self.lead:
                 result.port_late = self.port.late
+            result.xruns = getattr(self.port, "xruns", None)
             if self._writer is not None:
                 done, n = self._writer.close()
                 result.sessions.extend(done)
@@ -283,18 +295,27 @@ class LiveEngine:
                 sink.send(msg, t)
         self._sounding = sound
         self._handed_until = max(self._handed_until, t)
+        if hasattr(self.port, "beat") and isinstance(self.timing, TempoGrid):
+            # By when the next step's messages come: a real-time process silences a worker that misses it (a
+            # DAW's clock may slow down at any time: following one, no promise is made).
+            self.port.beat(t - self.lead + max(self.timing.step_seconds, self._asked_step))
         cut = None
         if self.steps_per_session and k > 0 and k % self.steps_per_session == 0:
             cut = self.timing.deadline(k)  # step k opens a new session: cut at its deadline
         later = self.listening.record_player(self.recorder, before=cut) if self.listening is not None else []
         if cut is not None:
             session = self.recorder.split(cut)
+            self._session_began(session.index + 1, cut)
             if self._writer is not None:
                 self._writer.put(session)
         for msg in msgs:
             self.recorder.record(msg, t)
         for when, msg in later:  # the player's notes heard after the cut belong to the new session
             self.recorder.record(msg, when, PLAYER)
+
+    def _session_began(self, index: int, start: float) -> None:
+        if self.on_session_start is not None:
+            self.on_session_start({**self._session_spec, "index": index, "start": start})
 
     def _to_port(self, msg: mido.Message, at: float | None = None) -> None:
         if self.lead and at is not None:
@@ -308,7 +329,7 @@ class LiveEngine:
         heard_at: when the input it answers was heard; a port that places messages in time sends it its
         ``hop`` after that, so the delay is the same for every message (thru).
         """
-        if self.port is not None:
+        if self.port is not None and not (heard_at is not None and getattr(self.port, "forwards_thru", False)):
             self._to_port(msg, None if heard_at is None else heard_at + getattr(self.port, "hop", 0.0))
         t = self.clock.now()
         for sink in self.sinks:
@@ -442,6 +463,8 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
     """
     if port is None and clock is None and timing is None:
         clock = VirtualClock()
+    if hasattr(port, "journal"):
+        options["on_session_start"] = lambda spec: port.journal({**spec, "path": str(out), "bpm": bpm})
     engine = LiveEngine(generator, bpm, port, clock=clock, warn=warn, listening=listening, timing=timing, **options)
     with stop_on_signals(engine.stop):
         result = engine.run(seconds)
@@ -475,8 +498,14 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
         return session_path(folder, session.index, wall0 + timedelta(seconds=session.start - clock0))
 
     saver = SessionSaver(folder, bpm, path_for, on_written=on_written, warn=warn)
+
+    def journal(spec: dict) -> None:
+        path = session_path(folder, spec["index"], wall0 + timedelta(seconds=spec["start"] - clock0))
+        port.journal({**spec, "path": str(path), "bpm": bpm})
+
     engine = LiveEngine(generator, bpm, port, clock=clock, session_seconds=session_seconds,
-                        on_session=saver.save, warn=warn, listening=listening, timing=timing, **options)
+                        on_session=saver.save, warn=warn, listening=listening, timing=timing,
+                        on_session_start=journal, **options)
     try:
         with stop_on_signals(engine.stop):
             result = engine.run(None)

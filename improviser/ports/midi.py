@@ -153,6 +153,8 @@ class OutputPort:
         self.lead = float(getattr(port, "lead", 0.0))
         self.hop = float(getattr(port, "hop", 0.0))
         self.period = float(getattr(port, "period", 0.0))  # the port's own period (JACK's), if it has one
+        # The port is another process's, which forwards the player's notes (--thru) itself (``remote``).
+        self.forwards_thru = bool(getattr(port, "forwards_thru", False))
         # The sender, the stop path and a reconnect watcher may all reach the port: every send and a
         # swap of the underlying port hold this lock, so a swap never meets a send half way.
         self._lock = threading.RLock()
@@ -179,6 +181,24 @@ class OutputPort:
     def late(self) -> int:
         """Messages the port wrote after their time (a port that places messages in time; else 0)."""
         return int(getattr(self._port, "late", 0))
+
+    @property
+    def xruns(self) -> int | None:
+        """The cycles JACK reported late while this port was open (None: a port that does not count them)."""
+        n = getattr(self._port, "xruns", None)
+        return None if n is None else int(n)
+
+    def beat(self, due: float) -> None:
+        """The next step is due by ``due``: a port in another process silences a worker that misses it."""
+        beat = getattr(self._port, "beat", None)
+        if beat is not None:
+            beat(due)
+
+    def journal(self, spec: dict) -> None:
+        """The session now playing (``live.split``): a port in another process writes it if the worker dies."""
+        journal = getattr(self._port, "journal", None)
+        if journal is not None:
+            journal(spec)
 
     def _track(self, msg: mido.Message) -> None:
         self._dirty = True
@@ -239,9 +259,12 @@ def open_output(api: str | None = None, name: str | None = None, jack_backend: s
     jack_backend: with api "jack", "jack" (the default: each message on its frame) or "rtmidi".
     """
     if jack_backend_of(api, jack_backend) == "jack":
-        from . import jack_midi
+        from . import jack_midi, remote
 
-        port = jack_midi.open_output(name)
+        if remote.link() is not None:  # this is the worker: the real-time process holds the port
+            port = remote.RemoteOutput(remote.link())
+        else:
+            port = jack_midi.open_output(name)
         return OutputPort(port, port.target or port.name)
     api = (api or default_api()).lower()
     be = backend(api)
@@ -272,8 +295,10 @@ def open_input(callback, api: str | None = None, name: str | None = None, jack_b
     Returns the open port (close it to stop listening).
     """
     if jack_backend_of(api, jack_backend) == "jack":
-        from . import jack_midi
+        from . import jack_midi, remote
 
+        if remote.link() is not None:  # this is the worker: the real-time process holds the port
+            return remote.RemoteInput(remote.link(), callback)
         return jack_midi.open_input(callback, name)
     api = (api or default_api()).lower()
     be = backend(api)
