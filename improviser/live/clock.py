@@ -67,6 +67,8 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 SPIN_SECONDS = 0.001  # spin on the clock for the last millisecond before a deadline
+SENDER_PRIORITY = 10  # SCHED_FIFO of a sender that sends on the dot (a port without a lead)
+LEAD_PRIORITY = 5  # ... and of one that hands messages over ahead: below JACK's threads (10, clients 9)
 MAX_SLEEP = 0.05  # sleep in slices no longer than this, so stop() is noticed quickly
 START_DELAY = 0.1  # the first step is due this long after run(): time for the producer to get ahead
 LATE_KEPT = 1000  # the indices of the most recent skipped steps kept (the count is kept whole)
@@ -347,8 +349,13 @@ class Conductor:
         if not self.inline:
             self._start_producer()
         end = None if n_steps is None else self.next_step + n_steps
-        real = isinstance(self.clock, MonotonicClock)  # a virtual clock never sleeps: keep it a normal thread
-        with realtime_priority() if real else contextlib.nullcontext():
+        # A virtual clock never sleeps: keep it a normal thread. A port that places messages in time (a lead)
+        # needs them ``lead`` early, not on the dot: there the sender runs below JACK's own threads, which
+        # place them (at JACK's priority, and spinning, it took their CPU: at 32 frames, xruns and onsets
+        # tens of ms off).
+        real = isinstance(self.clock, MonotonicClock)
+        priority = LEAD_PRIORITY if self.lead else SENDER_PRIORITY
+        with realtime_priority(priority) if real else contextlib.nullcontext():
             self._send_loop(end)
         if self._producer_error is not None:
             raise self._producer_error

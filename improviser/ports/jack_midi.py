@@ -67,6 +67,8 @@ READINGS = 16  # (monotonic, frame) readings the clock's base is the median of
 JUMP_SECONDS = 0.0005  # a reading this far from the median: the frames jumped (an xrun): start afresh
 LATE_CYCLE = 0.001  # s: a callback woken later than this after its cycle's start is taken to start later
 PAIR_SECONDS = 50e-6  # a reading whose two monotonic reads are further apart than this is dropped
+BEHIND_SECONDS = 0.02  # frames lost in xruns: the music keeps to the frames until it is this far behind ...
+SLEW = 0.002  # ... then catches up with the wall clock by 2 ms a second (a tempo 0.2 % fast, for a while)
 MAX_DRAIN_SECONDS = 1.0  # on close: the longest wait for queued messages to be written
 WRAP = 1 << 32  # JACK frame times are unsigned 32-bit
 
@@ -88,6 +90,7 @@ class FrameClock:
         self._frames = 0  # the current cycle's first frame, counted from the first cycle (no wrap)
         self._last: int | None = None  # the current cycle's first frame as JACK gives it
         self._bases: collections.deque = collections.deque(maxlen=READINGS)
+        self.anchor: float | None = None  # monotonic time of frame 0 the music keeps to (see update)
 
     def update(self) -> float:
         """Read the clocks at the start of a cycle; returns the monotonic time of its first frame."""
@@ -105,7 +108,17 @@ class FrameClock:
             if self._bases and abs(base - statistics.median(self._bases)) > JUMP_SECONDS:
                 self._bases.clear()
             self._bases.append(base)
-        start = statistics.median(self._bases) + self._frames / self.rate
+        base = statistics.median(self._bases)
+        # The music keeps to the frames: JACK's clock is the audio's. When an xrun loses frames (the readings'
+        # base moves later), the anchor stays, so what is due later is written later by as much, on its frame
+        # of the same grid -- a synth in the graph hears no jump. Only when the frames have fallen more than
+        # BEHIND_SECONDS behind the wall clock does the anchor catch up, by SLEW of the time that passes; frames
+        # running ahead of it are followed at once (a message must never be due before it is handed over).
+        if self.anchor is None or base < self.anchor:
+            self.anchor = base
+        elif base - self.anchor > BEHIND_SECONDS:
+            self.anchor += min(base - self.anchor - BEHIND_SECONDS, SLEW * client.blocksize / self.rate)
+        start = self.anchor + self._frames / self.rate
         if self.follow_wall:
             start = min(before, max(start, before - LATE_CYCLE))
         self.cycle_start = start

@@ -48,6 +48,7 @@ import heapq
 import itertools
 import logging
 import math
+import os
 import pickle
 import queue
 import sys
@@ -62,11 +63,13 @@ from .midi import CLIENT_NAME, IN_PORT_NAME, PORT_NAME, find_port
 
 log = logging.getLogger(__name__)
 
-MARGIN = 0.002  # s: beyond the period, for the worker's sender to wake, hand over and the socket to carry it
+MARGIN = 0.005  # s: beyond the period, for the worker's sender to wake, hand over and the socket to carry it
+THREAD_PRIORITY = 5  # SCHED_FIFO for this process's own threads: below JACK's (10, its clients 9), above the rest
 HOP_MARGIN = 0.0001  # s: beyond the period, from an input's frame to the soonest frame an answer can take
 STALL_SECONDS = 0.1  # s: a worker this late with a step it promised is taken to have stalled
 SWITCH_INTERVAL = 0.0001  # s: the longest another thread of this process keeps the GIL from the callback
 POLL_SECONDS = 0.25  # s: how often the watcher looks at the --output peer
+WATCH_SECONDS = 0.01  # s: how often it looks for a stalled worker
 MAX_DRAIN_SECONDS = 1.0  # on close: the longest wait for what was handed to be written
 THRU_KINDS = (0x80, 0x90, 0xB0)  # note-off, note-on, control change: what --thru forwards (as listen.MUSIC)
 SEND_KINDS = {1: (0xC0, 0xD0), 2: (0x80, 0x90, 0xA0, 0xB0, 0xE0)}  # data bytes -> status kinds of that length
@@ -150,8 +153,7 @@ class RealtimeSide:
             if isinstance(e, PortError):
                 raise
             raise PortError(f"cannot connect JACK MIDI ports: {e}") from None
-        self._watcher = threading.Thread(target=self._watch, name="improviser-rt-watch", daemon=True)
-        self._watcher.start()
+        self._watcher = self._thread(self._watch, "improviser-rt-watch")
 
     def facts(self) -> dict:
         """What the worker's port objects need to know about the ports (plain data, for the HELLO)."""
@@ -164,8 +166,23 @@ class RealtimeSide:
     def serve(self, conn) -> None:
         """Start passing messages to and from the worker on ``conn`` (a multiprocessing Connection)."""
         self._conn = conn
-        threading.Thread(target=self._read, name="improviser-rt-read", daemon=True).start()
-        threading.Thread(target=self._deliver, name="improviser-rt-deliver", daemon=True).start()
+        self._thread(self._read, "improviser-rt-read")
+        self._thread(self._deliver, "improviser-rt-deliver")
+
+    @staticmethod
+    def _thread(target, name: str) -> threading.Thread:
+        """A thread of this process, under SCHED_FIFO where allowed: one that holds the GIL must not be
+        preempted by the worker or any other busy process while the process callback waits for it."""
+        def run():
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(THREAD_PRIORITY))  # this thread only
+            except (AttributeError, OSError):  # not Linux, or no rtprio rights: an ordinary thread
+                pass
+            target()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.start()
+        return thread
 
     def _write(self, record: bytes) -> None:
         with self._conn_lock:
@@ -259,7 +276,7 @@ class RealtimeSide:
 
     def _watch(self) -> None:
         last_poll = 0.0
-        while not self._stop.wait(min(self.period * 8, 0.02)):
+        while not self._stop.wait(WATCH_SECONDS):
             now = time.monotonic()
             if now > self._beat_due + STALL_SECONDS and self._sounding and self._panic == 0:
                 self.stalls += 1
