@@ -7,9 +7,10 @@ Starts its own JACK server (dummy driver, synchronous, as the tests do) and runs
 --api jack --input virtual --mode accompany --bpm 300`` as a subprocess; a JACK output in this process
 sends CC 74 (temperature) with a changing value KNOB_RATE times a second into its input, and plays a
 note now and then, so the listening part, the controls, the session cutting and the file writer all
-work the whole time. The improviser's resident memory (VmRSS in /proc/PID/status) is read every
-second. Prints RSS at 30 s and at the end, the growth between them (MiB and MiB per minute), the
-sessions written (its "wrote" lines) against the files in the folder, and what it said when stopped.
+work the whole time. The improviser's resident memory (VmRSS in /proc/PID/status, its two processes
+added: the real-time side and the worker) is read every second. Prints RSS at 30 s and at the end, the
+growth between them (MiB and MiB per minute), the sessions written (its "wrote" lines) against the files
+in the folder, and what it said when stopped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import mido
 
-from improviser.testing import Run, input_port, jack_server, peak_rss_mb
+from improviser.testing import Run, input_port, jack_server, tree_rss_mb
 
 
 def knob(port_name: str, rate: float, stop: threading.Event, sent: dict) -> None:
@@ -70,7 +71,7 @@ def main() -> None:
         t0 = time.monotonic()
         samples = []
         while (elapsed := time.monotonic() - t0) < args.seconds:
-            samples.append((elapsed, peak_rss_mb(run.proc.pid, "VmRSS")))
+            samples.append((elapsed, sum(tree_rss_mb(run.proc.pid, "VmRSS"))))
             time.sleep(1.0)
         stop.set()
         turner.join(10)

@@ -14,7 +14,8 @@ sysex, clock, aftertouch and active sensing; SIGTERM at the end. Prints:
   (arrival less file time) over the first and the last 200 notes: the files' clock against this one;
 - late steps (from the improviser's last stderr line), messages flooded, notes played (in the files),
   heard (at the monitor), the flood's note-ons sent and recorded on the player track;
-- the improviser process's peak resident memory (VmHWM in /proc/PID/status, read just before SIGTERM).
+- the peak resident memory (VmHWM in /proc/PID/status, read just before SIGTERM) of the improviser's two
+  processes: the real-time side (the process started) and the worker (its child).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def report(r: dict) -> None:
     print(f"soak: {r['elapsed']:.0f} s of play --mode accompany at {r['bpm']:g} bpm, a session every "
           f"{r['session_seconds']:g} s; JACK dummy {RATE} Hz -p {PERIOD}, not real-time")
     print(f"process: up throughout {r['up']}, exit code {r['code']}, {len(r['files'])} session files, "
-          f"peak RSS {r['rss_mb']:.0f} MiB")
+          f"peak RSS {r['rss_mb'][0]:.0f} MiB (the real-time side) + {r['rss_mb'][1]:.0f} MiB (the worker)")
     print(f"onset error (files vs the 16th grid, {len(resid)} onsets): p50 {np.percentile(a, 50):.2f}  "
           f"p99 {np.percentile(a, 99):.2f}  max {a.max():.2f} ms; late steps {r['late']}")
     print(f"drift: onset error first {n} {resid[:n].mean():+.3f} ms, last {n} {resid[-n:].mean():+.3f} ms; "

@@ -122,12 +122,42 @@ def compare_backends(args) -> None:
         # Without rtprio rights a server that is not real-time measures the load instead (said in the report).
         with realtime_jack_server("improviser-bench", period) as (_, realtime[period]):
             for load in args.loads:
+                results[period, "none", load] = {"xruns": server_xruns(load, args.seconds)}
                 for backend in BACKENDS:
                     results[period, backend, load] = run_backend(backend, load, args)
                     r = results[period, backend, load]
                     print(f"-p {period} {backend} {load}: p99 {r['p99']:.3f} ms, {r['arrived']}/{r['notes']} notes, "
                           f"xruns {r['xruns']}", file=sys.stderr)
     report_backends(args, results, realtime)
+
+
+def server_xruns(load: str, seconds: float) -> int:
+    """The xruns a bare JACK client (a C callback: none in Python) counts in ``seconds`` with jack_midi_dump
+    running and, for "flood", the flood going into a bare input port: the server's and the machine's own, the
+    baseline the improviser's count is read against."""
+    import jack
+
+    dump = MidiDump()
+    client = jack.Client("xrun-count")
+    count = [0]
+    client.set_xrun_callback(lambda delay: count.__setitem__(0, count[0] + 1))
+    port = client.midi_inports.register("in")
+    client.activate()
+    flooder = None
+    try:
+        if load == "flood":
+            flooder, name = start_flood(seconds)
+            client.connect(f"{name}:out", port)
+            flooder.stdin.write("go\n")
+            flooder.stdin.flush()
+        time.sleep(seconds)
+    finally:
+        if flooder is not None:
+            flooder.kill()
+        client.deactivate()
+        client.close()
+        dump.stop()
+    return count[0]
 
 
 def run_backend(backend: str, load: str, args) -> dict:
@@ -166,6 +196,9 @@ def run_backend(backend: str, load: str, args) -> dict:
     heard = dump_notes(events, RATE)
     onsets = np.unique([n[1] for n in heard])
     resid = np.abs(grid_residuals(onsets, step)) * 1e3
+    worst = np.argsort(resid)[-3:][::-1]
+    print(f"  {backend} {load}: worst onsets (s into the run, ms off): "
+          + ", ".join(f"{onsets[i] - onsets[0]:.2f} s {resid[i]:.3f}" for i in worst), file=sys.stderr)
     lags = np.array([h[1] - s[1] for h, s in zip(heard, saved)])
     offs = sum(1 for _, d in events if len(d) == 3 and (d[0] & 0xF0 == 0x80 or (d[0] & 0xF0 == 0x90 and d[2] == 0)))
     late = re.search(r"(\d+) messages written after their time", err)
@@ -193,6 +226,8 @@ def report_backends(args, results: dict, realtime: dict) -> None:
             ("notes arrived", "arrived", "{}"), ("note-offs arrived", "offs", "{}"),
             ("same notes in the same order", "same", "{!s}"), ("messages written late", "late", "{}"),
             ("JACK xruns (the improviser's count)", "xruns", "{}"), ("lead (ms)", "lead", "{}")]
+    print("\nJACK xruns with no improviser (a bare client, the same seconds and load): "
+          + ", ".join(f"-p {p} {load} {results[p, 'none', load]['xruns']}" for p in periods for load in args.loads))
     for load in args.loads:
         print(f"\n{load}")
         print(f"{'':38}" + "".join(f"{f'-p {p} ({p / RATE * 1e3:.2f} ms)':>22}" for p in periods))

@@ -508,6 +508,20 @@ def peak_rss_mb(pid: int, field: str = "VmHWM") -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (on JACK, ``record`` and ``play``'s worker process)."""
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_rss_mb(pid: int, field: str = "VmHWM") -> tuple[float, float]:
+    """(the process's, its children's summed) resident memory in MiB, as ``peak_rss_mb`` reads it: the
+    real-time side and the worker of a live command."""
+    return peak_rss_mb(pid, field), sum(peak_rss_mb(c, field) for c in children(pid))
+
+
 def cli(*args):
     """Run the CLI in this process (typer's CliRunner); returns the result (exit_code, stdout, stderr)."""
     from typer.testing import CliRunner
@@ -592,7 +606,7 @@ def soak(monitor: Monitor, folder: Path, seconds: float, seed: int = 11, bpm: fl
             sent = json.loads(flooder.stdout.readline())
             time.sleep(max(0.0, started + seconds - time.monotonic()))
             up = up and run.proc.poll() is None
-            rss = peak_rss_mb(run.proc.pid)  # VmHWM only grows: the last reading is the peak
+            rss = tree_rss_mb(run.proc.pid)  # VmHWM only grows: the last reading is the peak
             elapsed = time.monotonic() - started
         finally:
             if run.proc.poll() is None:

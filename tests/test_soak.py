@@ -25,7 +25,7 @@ def test_a_minute_of_flooded_input_at_300_bpm_keeps_time_and_loses_or_hangs_no_n
           f"max {resid.max() * 1e3:.2f} ms; monitor lag spread (median) "
           f"{np.median(np.abs(r['lags'] - np.median(r['lags']))) * 1e3:.2f} ms; "
           f"heard {len(r['heard'])}, saved {len(r['saved'])}; flood {r['sent']}; player notes {r['recorded']}; "
-          f"late {r['late']}; peak RSS {r['rss_mb']:.0f} MiB\n{err[-600:]}")
+          f"late {r['late']}; peak RSS {r['rss_mb'][0]:.0f} + {r['rss_mb'][1]:.0f} MiB\n{err[-600:]}")
     assert r["up"] and r["code"] == 0, f"the improviser did not stay up: {err[-2000:]}"
     assert r["elapsed"] >= 59.0
     assert r["sent"]["messages"] >= 0.9 * FLOOD_RATE * 58.5, r["sent"]  # the flood really flooded

@@ -67,7 +67,8 @@ READINGS = 16  # (monotonic, frame) readings the clock's base is the median of
 JUMP_SECONDS = 0.0005  # a reading this far from the median: the frames jumped (an xrun): start afresh
 LATE_CYCLE = 0.001  # s: a callback woken later than this after its cycle's start is taken to start later
 PAIR_SECONDS = 50e-6  # a reading whose two monotonic reads are further apart than this is dropped
-BEHIND_SECONDS = 0.02  # frames lost in xruns: the music keeps to the frames until it is this far behind ...
+BEHIND_SECONDS = 0.1  # frames lost in xruns: the music keeps to the frames until it is this far behind ...
+AHEAD_SECONDS = 0.001  # ... and follows frames that run ahead of it by more than this (JACK's estimate after an xrun)
 SLEW = 0.002  # ... then catches up with the wall clock by 2 ms a second (a tempo 0.2 % fast, for a while)
 MAX_DRAIN_SECONDS = 1.0  # on close: the longest wait for queued messages to be written
 WRAP = 1 << 32  # JACK frame times are unsigned 32-bit
@@ -113,9 +114,10 @@ class FrameClock:
         # base moves later), the anchor stays, so what is due later is written later by as much, on its frame
         # of the same grid -- a synth in the graph hears no jump. Only when the frames have fallen more than
         # BEHIND_SECONDS behind the wall clock does the anchor catch up, by SLEW of the time that passes; frames
-        # running ahead of it are followed at once (a message must never be due before it is handed over).
-        if self.anchor is None or base < self.anchor:
-            self.anchor = base
+        # running more than AHEAD_SECONDS ahead of it are followed at once (a message is handed over MARGIN ahead:
+        # it must never be due before that).
+        if self.anchor is None or base < self.anchor - AHEAD_SECONDS:
+            self.anchor = base if self.anchor is None else base + AHEAD_SECONDS
         elif base - self.anchor > BEHIND_SECONDS:
             self.anchor += min(base - self.anchor - BEHIND_SECONDS, SLEW * client.blocksize / self.rate)
         start = self.anchor + self._frames / self.rate

@@ -102,7 +102,8 @@ class RealtimeSide:
         self.heard = 0  # input events passed on to the worker (delivery thread)
         self.xruns = 0  # JACK's notification thread
         self.stalls = 0  # the watcher's
-        self.gone = False  # the JACK server shut us down
+        self.gone = False  # the JACK server shut us down (JACK's thread), and why
+        self.gone_why = ""
         self.closed = False
         self.journal: collections.deque = collections.deque()
         self.session: dict | None = None  # the journal's session (reader thread; read after the worker ends)
@@ -276,8 +277,13 @@ class RealtimeSide:
 
     def _watch(self) -> None:
         last_poll = 0.0
+        said_gone = False
         while not self._stop.wait(WATCH_SECONDS):
             now = time.monotonic()
+            if self.gone and not said_gone:  # (a server that stops, or one that dropped us for being too slow)
+                said_gone = True
+                self.warn(f"the JACK server shut the improviser's ports down ({self.gone_why or 'no reason given'}): "
+                          "nothing is played or heard any more; still recording")
             if now > self._beat_due + STALL_SECONDS and self._sounding and self._panic == 0:
                 self.stalls += 1
                 self._beat_due = math.inf
@@ -412,6 +418,7 @@ class RealtimeSide:
         self.xruns += 1
 
     def _shutdown(self, status, reason) -> None:
+        self.gone_why = str(reason)
         self.gone = True
 
     # ---- the end ---------------------------------------------------------------------------------------
