@@ -13,7 +13,9 @@ The data path, one direction:
   the queue: the notes heard become a ``Frame`` for that step (struck notes are
   onsets, held notes keep sounding across steps) fed to ``generator.step(heard=...)``,
   so every heard note moves the hidden state; control changes set temperature,
-  note stability, tempo or reset everything (panic).
+  note stability, tempo or reset everything (panic). Controls from the web page and OSC
+  (``InputListener.control``: key, key hold and mode too) come through the same queue, in
+  order with the notes, and are applied by the same ``Listening.apply``.
 - On the internal clock the producer waits until half a step before a step's
   deadline before draining, so a note is heard by the step nearest to it (the
   quantisation) and the model still has half a step to run.
@@ -35,6 +37,8 @@ Shared state, and who owns it:
   append and popleft are atomic);
 - everything else in ``Listening`` (heard notes, respond state, the generator's controls):
   the producer thread only. ``reactions`` and ``controls_applied`` are bounded.
+- ``Listening.watch`` (the web page and OSC, ``face.Face``): set before the run, then called on the
+  producer thread with each heard message and after each step is heard; it must not block.
 """
 
 from __future__ import annotations
@@ -69,6 +73,15 @@ TEMPO_RANGE = (40.0, 240.0)  # CC 0..127 -> bpm 40..240
 STABILITY_MAX = 16  # CC 0..127 -> note stability 1..16 steps
 
 MUSIC = frozenset(("note_on", "note_off", "control_change"))
+CONTROLS = ("temperature", "stability", "tempo", "panic", "key", "key_hold", "mode")  # what ``control`` takes
+
+
+@dataclass(frozen=True)
+class Control:
+    """A control by name, from the web page or OSC (``InputListener.control``): the value is already checked."""
+
+    name: str
+    value: Any = None
 CLOCK = frozenset(("clock", "start", "stop", "continue", "songpos"))
 
 
@@ -165,6 +178,21 @@ class InputListener:
             self.on_clock(kind, msg, t)
         else:
             self.counts.ignored += 1
+
+    def control(self, name: str, value: Any = None, t: float | None = None) -> bool:
+        """A named control (``CONTROLS``, its value checked by the caller) into the queue the notes take, so the
+        producer applies it in order with them (any thread; never blocks). False: the queue was full."""
+        if name not in CONTROLS:
+            raise ValueError(f"unknown control {name!r}")
+        if name == "panic":
+            self.panics += 1  # as a panic controller's press: the sender silences the next step at once
+        try:
+            self._queue.put_nowait((self.now() if t is None else t, Control(name, value)))
+        except queue.Full:
+            self.counts.overflow += 1
+            return False
+        self.counts.controls += 1
+        return True
 
     def drain(self, until: float | None = None) -> list[tuple[float, mido.Message]]:
         """Everything queued so far that arrived by ``until`` (None: all), oldest first (producer thread).
@@ -265,6 +293,10 @@ class Listening:
         self._to_record: collections.deque = collections.deque()  # producer -> sender: the player's notes
         self._just_in_time = just_in_time
         self.engine = None
+        self.refused = 0  # controls that could not be applied (a key this checkpoint cannot hold, ...)
+        # Told of each heard message (heard(t, msg)) and of each step heard (stepped(k)), on the producer
+        # thread: the web page and OSC (``face.Face``). Set before the run.
+        self.watch: Any = None
 
     def attach(self, engine) -> None:
         """Called by the engine that holds this part."""
@@ -288,14 +320,19 @@ class Listening:
             until = self._wait_to_listen(k)
         listener = self.listener
         mark = Mark(listener.panics, listener.note_ons)  # before draining: nothing missed
+        watch = self.watch
         for t, msg in listener.drain(until):
-            if msg.type == "control_change":
+            if isinstance(msg, Control):
+                self.apply(k, msg.name, msg.value)
+            elif msg.type == "control_change":
                 self._control(k, msg)
             else:
                 self.heard.feed(msg)
                 self._to_record.append((t, msg))
                 if msg.type == "note_on" and msg.velocity > 0:
                     self.reactions.append((t, k))
+                if watch is not None:
+                    watch.heard(t, msg)
         heard = self.heard.frame()
         if heard.sound.any():
             self.last_heard_step = k
@@ -311,6 +348,8 @@ class Listening:
             heard = Frame(np.zeros(N_MIDI, bool), self._echo)
         if playing:
             self._echo = None
+        if watch is not None:
+            watch.stepped(k)
         return heard, playing, mark
 
     def _wait_to_listen(self, k: int) -> float:
@@ -324,31 +363,48 @@ class Listening:
         return until
 
     def _control(self, k: int, msg: mido.Message) -> None:
-        """Apply one control change (producer thread: the generator is only touched here)."""
+        """A control change: the control mapped to it, at the value its 0..127 stands for (producer thread)."""
         x = msg.value / 127.0
         if msg.control == self.cc["temperature"]:
             lo, hi = TEMPERATURE_RANGE
-            value = lo + x * (hi - lo)
-            self.generator.set_controls(temperature=value)
+            self.apply(k, "temperature", lo + x * (hi - lo))
         elif msg.control == self.cc["stability"]:
-            value = 1 + round(x * (min(STABILITY_MAX, MAX_STABILITY) - 1))
-            self.generator.set_controls(note_stability=value)
+            self.apply(k, "stability", 1 + round(x * (min(STABILITY_MAX, MAX_STABILITY) - 1)))
         elif msg.control == self.cc["tempo"]:
             lo, hi = TEMPO_RANGE
-            value = lo + x * (hi - lo)
-            if not self.engine.set_bpm(value):
-                self.tempo_ignored += 1  # the DAW's clock sets the tempo
-                return
+            self.apply(k, "tempo", lo + x * (hi - lo))
         elif msg.control == self.cc["panic"] and msg.value >= 64:
-            value = 1.0
-            self.generator.reset()  # forget the phrase and everything played: start afresh
-            self.heard.clear()
-            self.heard_anything = False
-            self.last_heard_step = -10**9
-            self._echo = None
-        else:
+            self.apply(k, "panic", 1.0)
+
+    def apply(self, k: int, name: str, value: Any) -> None:
+        """Apply one control (producer thread: the generator is only touched here). A value it cannot take is
+        counted in ``refused`` and changes nothing; the music goes on."""
+        try:
+            if name == "temperature":
+                self.generator.set_controls(temperature=value)
+            elif name == "stability":
+                self.generator.set_controls(note_stability=value)
+            elif name == "key":
+                self.generator.set_controls(key=value)
+            elif name == "key_hold":
+                self.generator.set_controls(key_hold=value)
+            elif name == "mode":
+                self.mode = check_mode(value)
+            elif name == "tempo":
+                if not self.engine.set_bpm(value):
+                    self.tempo_ignored += 1  # the DAW's clock sets the tempo
+                    return
+            elif name == "panic":
+                self.generator.reset()  # forget the phrase and everything played: start afresh
+                self.heard.clear()
+                self.heard_anything = False
+                self.last_heard_step = -10**9
+                self._echo = None
+            else:
+                return
+        except (ImproviserError, ValueError, TypeError):
+            self.refused += 1
             return
-        name = next(n for n, c in self.cc.items() if c == msg.control)
         self.controls_applied.append((k, name, value))
 
     # ---- sender thread -------------------------------------------------------------------------
@@ -372,7 +428,7 @@ class Listening:
     def flush(self, recorder) -> None:
         """The stop path (the producer has ended): what it drained and what is still queued are the last notes."""
         for t, msg in self.listener.drain():
-            if msg.type != "control_change":
+            if not isinstance(msg, Control) and msg.type != "control_change":
                 self._to_record.append((t, msg))
         self.record_player(recorder)
 

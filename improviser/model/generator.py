@@ -6,6 +6,7 @@ No I/O and no clock: the conductor (live) or ``generate`` (offline) decides when
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -137,14 +138,9 @@ class StreamingGenerator:
         self.net = NumpyLSTM(model)
         self.memory = KeyMemory()  # everything struck, the player's and its own
         self.player_memory = KeyMemory()  # the player's notes alone
-        pinned = parse_key(key)
-        self.pinned_key = pinned
-        if pinned is not None:
-            if not self.cfg.key_memory:
-                raise ImproviserError(f"--key {key!r}: this checkpoint has no key memory to hold a key in "
-                                      "(it was trained before listening models); use --key auto")
-            self.memory.pin(key_shares(model, pinned))
-            self.player_memory.pin(key_shares(model, pinned))
+        self._shares = functools.partial(key_shares, model)  # a key's profile in the checkpoint's own terms
+        self.pinned_key = None
+        self._pin(key)
         self.temperature = float(temperature)
         self.note_stability = int(note_stability)
         self.rng = np.random.default_rng(seed)
@@ -204,12 +200,36 @@ class StreamingGenerator:
         for rule in self.rules:
             rule.reset()
 
-    def set_controls(self, temperature: float | None = None, note_stability: int | None = None) -> None:
-        """Change temperature or note stability between steps (live controls)."""
+    def set_controls(self, temperature: float | None = None, note_stability: int | None = None,
+                     key: str | None = None, key_hold: float | None = None) -> None:
+        """Change temperature, note stability, the key (a name, or "auto") or the key hold between steps (live
+        controls: the listening part, on the thread that steps). A bad value raises and changes nothing."""
         t = self.temperature if temperature is None else float(temperature)
         s = self.note_stability if note_stability is None else int(note_stability)
         check_controls(t, s)
+        if key_hold is not None and (not (0.0 <= key_hold <= 20.0) or math.isnan(key_hold)):
+            raise ImproviserError(f"key hold must be between 0 (off) and 20 (got {key_hold})")
+        if key is not None:
+            self._pin(key)
         self.temperature, self.note_stability = t, s
+        if key_hold is not None and float(key_hold) != self.key_hold:
+            self.key_hold = float(key_hold)
+            rule = next((r for r in self.rules if isinstance(r, KeyHold)), None)
+            if rule is None:  # (off from the start: it goes where the constructor puts it, after the guard)
+                at = sum(isinstance(r, (HoldOnlySounding, Guard)) for r in self.rules)
+                self.rules.insert(at, rule := KeyHold(self.key_hold, self.cfg))
+            rule.hold = self.key_hold
+
+    def _pin(self, key: str | None) -> None:
+        """Hold the key memories in ``key`` (a name), or let them follow what is struck again ("auto", None)."""
+        pinned = parse_key(key)
+        if pinned is not None and not self.cfg.key_memory:
+            raise ImproviserError(f"--key {key!r}: this checkpoint has no key memory to hold a key in "
+                                  "(it was trained before listening models); use --key auto")
+        shares = None if pinned is None else self._shares(pinned)
+        self.memory.pin(shares)
+        self.player_memory.pin(shares)
+        self.pinned_key = pinned
 
     def hear(self, frame: Frame) -> None:
         """Notes the player played during the step just emitted; they join the next step's input."""
