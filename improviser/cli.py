@@ -612,6 +612,100 @@ SOUND_PARAMS = {
 }
 
 
+# ---- a face (issue 21): --web, --web-port, --web-host, --web-token, --osc, --osc-send ---------------------------
+
+@dataclass
+class FaceOptions:
+    """The web page and OSC of the live commands. Checked in the process the user starts (a port in use, a host
+    unknown: one line before any port opens); served by the worker (``_live``), never by the real-time side."""
+
+    web: bool = False
+    web_port: int = 8765
+    web_host: str = "127.0.0.1"
+    web_token: Optional[str] = None
+    osc: Optional[int] = None
+    osc_send: Optional[str] = None
+
+    @property
+    def on(self) -> bool:
+        return self.web or self.osc is not None or self.osc_send is not None
+
+    def check(self) -> FaceOptions:
+        if not self.web and (self.web_token is not None or self.web_port != 8765 or self.web_host != "127.0.0.1"):
+            if self.osc is None:
+                raise ImproviserError("--web-port, --web-host and --web-token are for the web page: add --web")
+        if self.web:
+            from .live.web import check_web
+
+            check_web(self.web_host, self.web_port, self.web_token)
+        if self.osc is not None:
+            from .live.osc import udp_socket_free
+
+            udp_socket_free(self.web_host, self.osc)
+        if self.osc_send is not None:
+            from .live.osc import parse_target
+
+            parse_target(self.osc_send)
+        return self
+
+    @contextlib.contextmanager
+    def opened(self, listener, listening):
+        """The face (``live.face.Face``) with its web server and OSC running on their own threads (None when
+        neither is asked for); closed after the block."""
+        if not self.on:
+            yield None
+            return
+        from .live.face import Face
+
+        face = Face(listener, listening)
+        parts = []
+        try:
+            if self.web:
+                from .live.web import WebFace
+
+                web = WebFace(face, self.web_host, self.web_port, self.web_token)
+                parts.append(web)
+            if self.osc is not None or self.osc_send is not None:
+                from .live.osc import OscFace, parse_target
+
+                target = parse_target(self.osc_send) if self.osc_send is not None else None
+                parts.append(OscFace(face, self.osc, self.web_host, target))
+            for part in parts:
+                part.start()
+            face.start()
+            for part in parts:
+                if hasattr(part, "url"):
+                    typer.echo(f"the web page: {part.url}", err=True)
+                elif part.server is not None:
+                    typer.echo(f"OSC: listening on udp {self.web_host}:{part.port} (/improviser/tempo, ...)"
+                               + (f"; sending to {self.osc_send}" if part.client else ""), err=True)
+                else:
+                    typer.echo(f"OSC: sending its notes and state to {self.osc_send}", err=True)
+            yield face
+        finally:
+            face.close()
+            for part in parts:
+                part.close()
+
+
+FACE_PARAMS = {
+    "web": (bool, typer.Option(False, "--web", help="Serve a live web page: a piano roll of what it plays and "
+                               "hears, its key and tempo, its controls and a keyboard, this run's sessions.")),
+    "web_port": (int, typer.Option(8765, "--web-port", help="The web page's port.")),
+    "web_host": (str, typer.Option("127.0.0.1", "--web-host", help="Where the web page (and OSC) listen: "
+                                   "127.0.0.1 is this computer only; another address (0.0.0.0: every network) "
+                                   "needs a token, made at start and printed in the page's address.")),
+    "web_token": (Optional[str], typer.Option(None, "--web-token", help="The web page's token (default: made at "
+                                              "start when --web-host is not this computer).")),
+    "osc": (Optional[int], typer.Option(None, "--osc", help="Take Open Sound Control on this UDP port: "
+                                        "/improviser/tempo f, /temperature f, /stability i, /key s, /key_hold f, "
+                                        "/mode s, /panic.")),
+    "osc_send": (Optional[str], typer.Option(None, "--osc-send", help="Send /improviser/note (pitch, velocity, "
+                                             "channel) for every note it plays and /improviser/state when a "
+                                             "setting changes to HOST:PORT over OSC.")),
+}
+
+
 @dataclass
 class LiveOptions:
     """The options of the live commands (record, play): where to play and listen, and the music's."""
@@ -627,6 +721,7 @@ class LiveOptions:
     jack_backend: Optional[str]
     music: MusicOptions
     sound: SoundOptions = field(default_factory=SoundOptions)
+    face: FaceOptions = field(default_factory=FaceOptions)
 
     def check(self) -> LiveOptions:
         """Bad options, one line each, before any port opens."""
@@ -638,10 +733,13 @@ class LiveOptions:
         self.sound.check()
         if self.sync not in ("internal", "clock"):
             raise ImproviserError(f"unknown --sync {self.sync!r}; choose internal or clock")
+        self.face.check()
         if self.input_name is None:
-            if self.mode is not None or self.cc or self.sync == "clock" or self.thru:
+            if self.cc or self.sync == "clock" or self.thru or (self.mode is not None and not self.face.on):
                 raise ImproviserError("--mode, --cc, --thru and --sync clock need a MIDI input: add --input NAME "
                                       "or --input virtual")
+            if self.mode is not None:
+                check_mode(self.mode)
             return self
         check_mode(self.mode or "respond")
         if not (0.25 <= self.respond_after <= 64) or math.isnan(self.respond_after):
@@ -662,7 +760,8 @@ LIVE_PARAMS = {
     "jack_backend": (Optional[str], JACK_BACKEND_OPT),
 }
 live_options = with_options("live", LiveOptions, LIVE_PARAMS, nested={"music": (MusicOptions, MUSIC_PARAMS),
-                                                                      "sound": (SoundOptions, SOUND_PARAMS)})
+                                                                      "sound": (SoundOptions, SOUND_PARAMS),
+                                                                      "face": (FaceOptions, FACE_PARAMS)})
 
 
 def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
@@ -670,7 +769,12 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
     from .live.listen import InputListener, Listening, parse_cc_map, start_listening
 
     if opts.check().input_name is None:
-        return None, None, None
+        if not opts.face.on:
+            return None, None, None
+        # The web page or OSC and no MIDI input: a listener without a port, which their keyboard and controls
+        # reach; it plays alone (accompany) until told otherwise.
+        listener = InputListener(panic_cc=None)
+        return Listening(listener, mode=opts.mode or "accompany", primed=primed), None, listener
     mode = opts.mode or "respond"
     cc_map = parse_cc_map(opts.cc)
     follower = timing = None
@@ -719,6 +823,7 @@ class LiveParts:
     listening: object = None
     timing: object = None
     engine: dict = field(default_factory=dict)  # more LiveEngine options: channel, program, thru, sinks
+    face: object = None  # the web page and OSC (``live.face.Face``), told of each session file written
 
 
 @contextlib.contextmanager
@@ -736,8 +841,10 @@ def _live(gen, port, api: Optional[str], opts: LiveOptions):
         synth = opts.sound.open_synth(api)
         if synth is not None:
             engine["sinks"] = [synth]  # the same messages as the port, at the same moment
-        with realtime_process():
-            yield LiveParts(gen, listening, timing, engine)
+        with opts.face.opened(listener, listening) as face, realtime_process():
+            if face is not None:
+                engine["sinks"] = [*engine.get("sinks", []), face]
+            yield LiveParts(gen, listening, timing, engine, face)
     finally:
         if listener is not None:
             listener.close()
@@ -990,6 +1097,8 @@ def _record(out: Path, seconds: float, live: LiveOptions) -> None:
             typer.echo(f"playing into MIDI port {port.name!r} for {seconds:g} s (Ctrl-C stops)", err=True)
         result = run_record(parts.generator, out, seconds, bpm, port, clock=clock, warn=_warn,
                             listening=parts.listening, timing=parts.timing, **parts.engine)
+        if parts.face is not None:
+            parts.face.session_written(out, result.sessions[-1])
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
     typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
@@ -1037,8 +1146,12 @@ def _play(sessions: Path, plot_sessions: bool, session_seconds: float, render_se
     gen = _live_generator(live.music)
     port = _open_output(live.api, live.output, live.jack_backend)  # no MIDI system: a PortError saying what to install
 
+    face = None  # the web page's, once it runs
+
     def written(path: Path, session) -> None:
         typer.echo(f"wrote {path} ({session.length:.1f} s, {len(session.notes())} notes)", err=True)
+        if face is not None:
+            face.session_written(path, session)
         if plot_sessions and (session.notes() or session.notes("player")):
             from .plot import plot_session
 
@@ -1055,6 +1168,7 @@ def _play(sessions: Path, plot_sessions: bool, session_seconds: float, render_se
                 _warn(f"could not render {path.with_suffix('.wav')}: {e}")
 
     with _live(gen, port, live.api, live) as parts:
+        face = parts.face
         typer.echo(f"playing into MIDI port {port.name!r}, a session file every {session_seconds:g} s "
                    f"in {sessions}/ (Ctrl-C or SIGTERM stops)", err=True)
         result = run_play(parts.generator, sessions, session_seconds, live.music.bpm, port, warn=_warn,

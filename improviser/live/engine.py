@@ -333,7 +333,8 @@ class LiveEngine:
             self._to_port(msg, None if heard_at is None else heard_at + getattr(self.port, "hop", 0.0))
         t = self.clock.now()
         for sink in self.sinks:
-            sink.send(msg, t)
+            if heard_at is None or getattr(sink, "takes_thru", True):  # (the web page hears the player elsewhere)
+                sink.send(msg, t)
 
     def _late(self, k: int) -> None:
         n = self.conductor.stats.late_steps
