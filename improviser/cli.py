@@ -649,15 +649,15 @@ class FaceOptions:
         return self
 
     @contextlib.contextmanager
-    def opened(self, listener, listening):
+    def opened(self, listener, listening, generator, bpm: Optional[float]):
         """The face (``live.face.Face``) with its web server and OSC running on their own threads (None when
-        neither is asked for); closed after the block."""
+        neither is asked for); closed after the block. bpm: None when following a DAW's clock."""
         if not self.on:
             yield None
             return
         from .live.face import Face
 
-        face = Face(listener, listening)
+        face = Face(listener, listening, generator, bpm)
         parts = []
         try:
             if self.web:
@@ -841,7 +841,8 @@ def _live(gen, port, api: Optional[str], opts: LiveOptions):
         synth = opts.sound.open_synth(api)
         if synth is not None:
             engine["sinks"] = [synth]  # the same messages as the port, at the same moment
-        with opts.face.opened(listener, listening) as face, realtime_process():
+        bpm = opts.music.bpm if opts.sync == "internal" else None
+        with opts.face.opened(listener, listening, gen, bpm) as face, realtime_process():
             if face is not None:
                 engine["sinks"] = [*engine.get("sinks", []), face]
             yield LiveParts(gen, listening, timing, engine, face)

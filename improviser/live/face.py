@@ -127,15 +127,18 @@ class Face:
 
     listener, listening: the input side and the listening part (``listen``); with no MIDI input they are made
     without a port, so the page's keyboard and controls still reach the improviser.
+    generator, bpm: what it plays and at what tempo, for the state before the first step.
     """
 
     # An engine sink (``LiveEngine(sinks=...)``) that is not given the player's notes forwarded by --thru: it hears
     # them from the listening part already.
     takes_thru = False
 
-    def __init__(self, listener, listening):
+    def __init__(self, listener, listening, generator, bpm: float | None = None):
         self.listener = listener
         self.listening = listening
+        self.generator = generator
+        self.bpm = bpm
         self.dropped = 0  # events that did not fit the queue (a pump that fell behind)
         self.refused = 0  # controls refused: malformed, out of range, over the rate
         self.sessions: collections.deque = collections.deque(maxlen=SESSIONS_SHOWN)
@@ -173,23 +176,30 @@ class Face:
         """After the listening part heard step k (producer thread): the settings, swapped in when one changed."""
         listening = self.listening
         gen, engine = listening.generator, listening.engine
-        step = getattr(engine.timing, "step_seconds", None)
-        key = gen.key()
-        seen = (step, gen.temperature, gen.note_stability, key, gen.pinned_key, gen.key_hold, listening.mode,
-                engine.conductor.stats.late_steps)
-        if seen == self._seen:
-            return
+        seen = (getattr(engine.timing, "step_seconds", None), gen.temperature, gen.note_stability, gen.key(),
+                gen.pinned_key, gen.key_hold, listening.mode, engine.conductor.stats.late_steps)
+        if seen != self._seen:
+            self._seen = seen
+            self._settings = self._read_settings()
+
+    def _read_settings(self) -> dict:
         from ..music.analysis import key_name
 
-        self._seen = seen
-        self._settings = {
+        listening, gen = self.listening, self.generator
+        engine = listening.engine
+        if engine is None:  # (not playing yet)
+            step = 60.0 / self.bpm / gen.cfg.steps_per_beat if self.bpm else None
+        else:
+            step = getattr(engine.timing, "step_seconds", None)
+        key = gen.key()
+        return {
             "tempo": round(60.0 / step / gen.cfg.steps_per_beat, 2) if step else None,
-            "follows_clock": engine.follows_clock,
+            "follows_clock": engine.follows_clock if engine is not None else not self.bpm,
             "temperature": round(gen.temperature, 3), "stability": gen.note_stability,
             "key": key_name(*key) if key is not None else None,
             "key_setting": key_name(*gen.pinned_key) if gen.pinned_key is not None else "auto",
             "key_hold": round(gen.key_hold, 3), "mode": listening.mode,
-            "late_steps": engine.conductor.stats.late_steps,
+            "late_steps": engine.conductor.stats.late_steps if engine is not None else 0,
         }
 
     def session_written(self, path: Path, session) -> None:
@@ -201,7 +211,10 @@ class Face:
 
     def state(self) -> dict:
         """What ``GET /state`` answers: the settings as last heard, the counts, the sessions."""
-        return {**self._settings, "dropped": self.dropped, "refused": self.refused + self.listening.refused,
+        settings = self._settings
+        if not settings:  # (before the first step: as it starts)
+            settings = self._read_settings()
+        return {**settings, "dropped": self.dropped, "refused": self.refused + self.listening.refused,
                 "sessions": [s.public() for s in list(self.sessions)]}
 
     def session(self, index: int) -> SessionFile | None:
