@@ -285,6 +285,7 @@ class Face:
         if self._pump is not None:
             self._pump.join()
             self._pump = None
+            self.pump_once()  # the last notes (the stop path's note-offs)
 
     def _loop(self) -> None:
         while not self._stop.wait(PUMP_SECONDS):
