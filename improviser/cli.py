@@ -872,9 +872,12 @@ def _open_output(api: Optional[str], output: Optional[str], jack_backend: Option
     else:
         port = open_reconnecting_output(api, output, warn=_warn, info=lambda text: typer.echo(text, err=True),
                                         jack_backend=jack_backend)
-    if port.lead:
+    if port.lead and port.period:
         typer.echo(f"JACK backend: a real-time process writes each message on its own frame, handed over "
                    f"{port.lead * 1e3:.1f} ms ahead (one period, {port.period * 1e3:.2f} ms, plus a margin)", err=True)
+    elif port.lead:
+        typer.echo(f"a real-time process sends each message at its time, handed over {port.lead * 1e3:.1f} ms ahead",
+                   err=True)
     elif (api or "").lower() == "jack" and jack_backend is None:
         _warn("JACK-Client is not installed, so python-rtmidi's JACK backend plays (every message at the start "
               "of a period); pip install 'improviser[jack]' to place each on its own frame")
@@ -895,31 +898,40 @@ LIVE_COMMANDS = {"record": lambda a: _record(**a), "play": lambda a: _play(**a)}
 
 
 def _in_two_processes(command: str, live: LiveOptions, **arguments) -> None:
-    """On the JACK backend, play in two processes (``live.split``): this one opens the ports and keeps their
-    time, a worker runs ``command``; exits with the worker's code. Elsewhere (or in the worker) returns."""
+    """Play in two processes (``live.split``): this one opens the ports and keeps their time, a worker runs
+    ``command``; exits with the worker's code. Returns at once in the worker, on Windows, and where there is
+    no MIDI system (the command then says so, or writes its file without playing)."""
     from .ports import remote
     from .ports.midi import MidiSystemMissing, jack_backend_of
 
-    if remote.link() is not None or jack_backend_of(live.api, live.jack_backend) != "jack":
+    if remote.link() is not None or sys.platform.startswith("win"):  # (Windows: no descriptors to hand down)
         return
     import gc
 
     from .live.split import Worker, supervise
     from .ports.realtime import RealtimeSide, realtime_settings
+    from .ports.realtime_rtmidi import RtmidiSide
 
-    worker = Worker()  # it loads the model while the ports open
+    backend = jack_backend_of(live.api, live.jack_backend)
+
+    gc.collect()  # (and frozen below: see there)
+    info = lambda text: typer.echo(text, err=True)  # noqa: E731
+    try:
+        if backend == "jack":
+            side = RealtimeSide(live.output, live.input_name, live.thru, warn=_warn, info=info)
+        else:
+            side = RtmidiSide(live.api, live.output, live.input_name, live.thru, warn=_warn, info=info,
+                              jack_backend=backend)
+    except MidiSystemMissing:
+        return  # the command itself says what is missing (or writes its file without playing)
     # Everything this process holds now is never collected again: a full collection once the ports are open
     # would hold the GIL for tens of ms, and JACK would take the process callback out of time (an xrun).
-    gc.collect()
     gc.freeze()
     realtime_settings()
     try:
-        side = RealtimeSide(live.output, live.input_name, live.thru, warn=_warn,
-                            info=lambda text: typer.echo(text, err=True))
-    except BaseException as e:
-        worker.cancel()
-        if isinstance(e, MidiSystemMissing):
-            return  # the command itself says what is missing (or writes its file without playing)
+        worker = Worker()
+    except BaseException:
+        side.close()
         raise
     code = supervise(side, worker, command, {**arguments, "live": live},
                      say=lambda text: typer.echo(f"error: {text}", err=True))

@@ -1,4 +1,5 @@
-"""The two processes of playing live on JACK: the real-time side owns silence when the worker dies or stalls.
+"""The two processes of playing live: the real-time side owns silence when the worker dies or stalls (on JACK,
+with each message on its frame and with python-rtmidi's backend, which serves ALSA and CoreMIDI alike).
 
 The improviser runs as a user runs it (``python -m improviser record ...``); the process it starts is the
 real-time side, its one child the worker (the model). The monitor is a JACK input in this process that
@@ -41,11 +42,15 @@ def sounding_now(monitor) -> bool:
     return any(last.values())
 
 
+BACKENDS = pytest.mark.parametrize("backend", ["jack", "rtmidi"])  # each message on its frame; rtmidi's
+
+
+@BACKENDS
 def test_the_worker_killed_mid_play_silences_the_port_within_100_ms_and_the_file_keeps_what_was_played(
-        monitor, tmp_path):
+        monitor, tmp_path, backend):
     out = tmp_path / "take.mid"
     proc = improviser("record", str(out), "--seconds", "60", "--bpm", "150", "--seed", "2", "--stability", "4",
-                      "--api", "jack", "--output", monitor.client)
+                      "--api", "jack", "--jack-backend", backend, "--output", monitor.client)
     try:
         worker = worker_of(proc.pid)
         wait_for(lambda: len(monitor.messages("note_on")) >= 12, 40, "the improviser to play")
@@ -70,10 +75,10 @@ def test_the_worker_killed_mid_play_silences_the_port_within_100_ms_and_the_file
     assert_same_notes(heard, saved)  # every note played up to the kill is in the file, as it was heard
 
 
-def test_a_stalled_worker_is_silenced_and_plays_on_when_it_comes_back(monitor, tmp_path):
+def test_a_stalled_worker_is_silenced_and_plays_on_when_it_comes_back(monitor, tmp_path, backend="jack"):
     out = tmp_path / "take.mid"
     proc = improviser("record", str(out), "--seconds", "60", "--bpm", "150", "--seed", "2", "--stability", "4",
-                      "--api", "jack", "--output", monitor.client)
+                      "--api", "jack", "--jack-backend", backend, "--output", monitor.client)
     try:
         worker = worker_of(proc.pid)
         wait_for(lambda: len(monitor.messages("note_on")) >= 12, 40, "the improviser to play")

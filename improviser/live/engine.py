@@ -42,6 +42,12 @@ Shared state, and who owns it (beyond the conductor's, see ``clock``):
 Process-wide settings (the switch interval, BLAS threads) are not changed here: the
 entry point does that once (``realtime_process``).
 
+``record`` and ``play`` from the CLI run this engine in a worker process (``split``): its port
+is then a ``ports.remote.RemoteOutput`` handing each message over a socket, with its deadline,
+``lead`` ahead, to a real-time process that owns the MIDI ports and sends it on time; a
+``beat`` after each step promises the next, and each session's start is journalled there, so
+that process can silence the port and keep the session if this one dies.
+
 ``record`` and ``play`` are the two services the CLI offers; ``accompany`` runs the same
 engine on a virtual clock against a melody file.
 """

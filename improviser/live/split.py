@@ -36,7 +36,7 @@ from .recorder import SessionRecorder
 
 
 class Worker:
-    """The worker process, started before the ports open (it loads while they do), and its socket."""
+    """The worker process (``python -m improviser worker FD``) and this side's end of its socket."""
 
     def __init__(self):
         ours, theirs = socket.socketpair()

@@ -258,13 +258,15 @@ def open_output(api: str | None = None, name: str | None = None, jack_backend: s
 
     jack_backend: with api "jack", "jack" (the default: each message on its frame) or "rtmidi".
     """
-    if jack_backend_of(api, jack_backend) == "jack":
-        from . import jack_midi, remote
+    from . import remote
 
-        if remote.link() is not None:  # this is the worker: the real-time process holds the port
-            port = remote.RemoteOutput(remote.link())
-        else:
-            port = jack_midi.open_output(name)
+    if remote.link() is not None:  # this is the worker: the real-time process holds the port
+        port = remote.RemoteOutput(remote.link())
+        return OutputPort(port, port.target or port.name)
+    if jack_backend_of(api, jack_backend) == "jack":
+        from . import jack_midi
+
+        port = jack_midi.open_output(name)
         return OutputPort(port, port.target or port.name)
     api = (api or default_api()).lower()
     be = backend(api)
@@ -294,11 +296,13 @@ def open_input(callback, api: str | None = None, name: str | None = None, jack_b
 
     Returns the open port (close it to stop listening).
     """
-    if jack_backend_of(api, jack_backend) == "jack":
-        from . import jack_midi, remote
+    from . import remote
 
-        if remote.link() is not None:  # this is the worker: the real-time process holds the port
-            return remote.RemoteInput(remote.link(), callback)
+    if remote.link() is not None:  # this is the worker: the real-time process holds the port
+        return remote.RemoteInput(remote.link(), callback)
+    if jack_backend_of(api, jack_backend) == "jack":
+        from . import jack_midi
+
         return jack_midi.open_input(callback, name)
     api = (api or default_api()).lower()
     be = backend(api)

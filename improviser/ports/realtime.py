@@ -93,38 +93,8 @@ class RealtimeSide:
     def __init__(self, output: str | None = None, input: str | None = None, thru: bool = False,
                  margin: float = MARGIN, warn: Callable[[str], None] | None = None,
                  info: Callable[[str], None] | None = None):
-        self.warn = warn or log.warning
-        self.info = info or log.info
+        self._setup(output, input, thru, warn, info)
         self.client = _client(CLIENT_NAME)
-        self.thru_on = bool(thru) and input is not None
-        self.written = self.late = self.dropped = self.thru = self.garbled = 0  # the callback's counts
-        self.handed = 0  # messages handed over (reader thread)
-        self.heard = 0  # input events passed on to the worker (delivery thread)
-        self.xruns = 0  # JACK's notification thread
-        self.stalls = 0  # the watcher's
-        self.gone = False  # the JACK server shut us down (JACK's thread), and why
-        self.gone_why = ""
-        self.closed = False
-        self.journal: collections.deque = collections.deque()
-        self.session: dict | None = None  # the journal's session (reader thread; read after the worker ends)
-        self.previous: dict | None = None
-        self.clean = False  # the worker closed its port (reader thread)
-        self.lost_at: float | None = None  # when the worker's socket ended without a close
-        self._conn = None
-        self._conn_lock = threading.Lock()  # the delivery and reader threads both write to the socket
-        self._inbox: collections.deque = collections.deque()
-        self._pending: list = []  # heap of (time, seq, bytes, timed): the callback's own
-        self._seq = itertools.count()
-        self._last_at = 0.0  # the latest time handed over (reader thread)
-        self._heard: queue.SimpleQueue = queue.SimpleQueue()
-        self._sounding: set[int] = set()  # channel * 128 + pitch of every note the port sounds (callback)
-        self._channels: set[int] = set()  # every channel a note went out on (callback)
-        self._panic = 0
-        self._beat_due = math.inf  # by when the worker promised its next step (reader; read by the watcher)
-        self._stop = threading.Event()
-        self.wanted = output
-        self.connected_to: str | None = None
-        self.source: str | None = None  # the JACK MIDI output the input port listens to
         try:
             self.outport = self.client.midi_outports.register(PORT_NAME)
             self.inport = self.client.midi_inports.register(IN_PORT_NAME) if input is not None else None
@@ -156,6 +126,42 @@ class RealtimeSide:
             raise PortError(f"cannot connect JACK MIDI ports: {e}") from None
         self._watcher = self._thread(self._watch, "improviser-rt-watch")
 
+    def _setup(self, output: str | None, input: str | None, thru: bool, warn, info) -> None:
+        """The state every real-time side has, whatever its MIDI system."""
+        self.warn = warn or log.warning
+        self.info = info or log.info
+        self.thru_on = bool(thru) and input is not None
+        self.written = self.late = self.dropped = self.thru = self.garbled = 0  # the callback's counts
+        self.handed = 0  # messages handed over (reader thread)
+        self.heard = 0  # input events passed on to the worker (delivery thread)
+        self.xruns = 0  # JACK's notification thread
+        self.stalls = 0  # the watcher's
+        self.gone = False  # the JACK server shut us down (JACK's thread), and why
+        self.gone_why = ""
+        self.closed = False
+        self.journal: collections.deque = collections.deque()
+        self.session: dict | None = None  # the journal's session (reader thread; read after the worker ends)
+        self.previous: dict | None = None
+        self.clean = False  # the worker closed its port (reader thread)
+        self.lost_at: float | None = None  # when the worker's socket ended without a close
+        self._conn = None
+        self._conn_lock = threading.Lock()  # the delivery and reader threads both write to the socket
+        self._inbox: collections.deque = collections.deque()
+        self._pending: list = []  # heap of (time, seq, bytes, timed): the callback's own
+        self._seq = itertools.count()
+        self._last_at = 0.0  # the latest time handed over (reader thread)
+        self._heard: queue.SimpleQueue = queue.SimpleQueue()
+        self._sounding: set[int] = set()  # channel * 128 + pitch of every note the port sounds (callback)
+        self._channels: set[int] = set()  # every channel a note went out on (callback)
+        self._panic = 0
+        self._beat_due = math.inf  # by when the worker promised its next step (reader; read by the watcher)
+        self.wanted = output
+        self.connected_to: str | None = None
+        self.source: str | None = None  # the MIDI output the input port listens to
+        self.in_name: str | None = None
+        self._stop = threading.Event()
+
+
     def facts(self) -> dict:
         """What the worker's port objects need to know about the ports (plain data, for the HELLO)."""
         return {"name": self.connected_to or self.name, "port": self.name, "target": self.connected_to,
@@ -171,12 +177,12 @@ class RealtimeSide:
         self._thread(self._deliver, "improviser-rt-deliver")
 
     @staticmethod
-    def _thread(target, name: str) -> threading.Thread:
+    def _thread(target, name: str, priority: int = 0) -> threading.Thread:
         """A thread of this process, under SCHED_FIFO where allowed: one that holds the GIL must not be
         preempted by the worker or any other busy process while the process callback waits for it."""
         def run():
             try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(THREAD_PRIORITY))  # this thread only
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority or THREAD_PRIORITY))  # this thread
             except (AttributeError, OSError):  # not Linux, or no rtprio rights: an ordinary thread
                 pass
             target()
@@ -228,9 +234,13 @@ class RealtimeSide:
             if not timed:  # as soon as possible, but after everything handed before it
                 at = max(now, self._last_at)
             self._last_at = max(self._last_at, at)
-            self._inbox.append((at, next(self._seq), data, timed))
+            self._queue(at, data, timed)
             self.journal.append((at, data, "improviser"))
             self.handed += 1
+
+    def _queue(self, at: float, data: bytes, timed: bool) -> None:
+        """Pass one message on to be written at ``at`` (the reader thread)."""
+        self._inbox.append((at, next(self._seq), data, timed))
 
     def _begin_session(self, spec: dict) -> None:
         """A session begins at ``spec['start']``: the journal keeps it and the one before (which the worker
@@ -284,19 +294,25 @@ class RealtimeSide:
                 said_gone = True
                 self.warn(f"the JACK server shut the improviser's ports down ({self.gone_why or 'no reason given'}): "
                           "nothing is played or heard any more; still recording")
-            if now > self._beat_due + STALL_SECONDS and self._sounding and self._panic == 0:
+            if now > self._beat_due + STALL_SECONDS and self._stall():
                 self.stalls += 1
-                self._beat_due = math.inf
-                self._panic = 2
                 self.warn("the worker process is late with its next step: every sounding note turned off")
-            if self._panic == 3 and not self.clean and self.lost_at is None:
-                self._panic = 0  # a stall was silenced; the worker may come back
             if self.wanted is not None and now - last_poll > POLL_SECONDS:
                 last_poll = now
                 try:
                     self._check_output()
                 except Exception as e:  # noqa: BLE001 -- listing failed (the server is busy): no news this time
                     log.debug("watching the MIDI output: %s", e)
+
+    def _stall(self) -> bool:
+        """The worker missed its step: turn off what sounds (True), if anything does."""
+        self._beat_due = math.inf
+        if not self._sounding or self._panic != 0:
+            return False
+        self._silence(everything=False)
+        if not self.clean and self.lost_at is None:
+            self._panic = 0  # silenced; the worker may come back
+        return True
 
     def _connect_output(self, wanted: str) -> str:
         names = [p.name for p in self.client.get_ports(is_midi=True, is_input=True)]
