@@ -35,6 +35,20 @@ def worker_of(pid: int) -> int:
     return found[0]
 
 
+def playing(monitor, out: Path, backend: str):
+    """``record`` into ``monitor`` for a minute, once it plays and a note sounds: (its process, the worker's pid)."""
+    proc = improviser("record", str(out), "--seconds", "60", "--bpm", "150", "--seed", "2", "--stability", "4",
+                      "--api", "jack", "--jack-backend", backend, "--output", monitor.client)
+    try:
+        worker = worker_of(proc.pid)
+        wait_for(lambda: len(monitor.messages("note_on")) >= 12, 40, "the improviser to play")
+        wait_for(lambda: sounding_now(monitor), 10, "a sounding note")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, worker
+
+
 def sounding_now(monitor) -> bool:
     last = {}
     for _, m in monitor.messages("note_on", "note_off"):
@@ -49,12 +63,8 @@ BACKENDS = pytest.mark.parametrize("backend", ["jack", "rtmidi"])  # each messag
 def test_the_worker_killed_mid_play_silences_the_port_within_100_ms_and_the_file_keeps_what_was_played(
         monitor, tmp_path, backend):
     out = tmp_path / "take.mid"
-    proc = improviser("record", str(out), "--seconds", "60", "--bpm", "150", "--seed", "2", "--stability", "4",
-                      "--api", "jack", "--jack-backend", backend, "--output", monitor.client)
+    proc, worker = playing(monitor, out, backend)
     try:
-        worker = worker_of(proc.pid)
-        wait_for(lambda: len(monitor.messages("note_on")) >= 12, 40, "the improviser to play")
-        wait_for(lambda: sounding_now(monitor), 10, "a sounding note")
         killed = time.monotonic()
         os.kill(worker, signal.SIGKILL)
         code, _, err = finish(proc, 15)
@@ -77,12 +87,8 @@ def test_the_worker_killed_mid_play_silences_the_port_within_100_ms_and_the_file
 
 def test_a_stalled_worker_is_silenced_and_plays_on_when_it_comes_back(monitor, tmp_path, backend="jack"):
     out = tmp_path / "take.mid"
-    proc = improviser("record", str(out), "--seconds", "60", "--bpm", "150", "--seed", "2", "--stability", "4",
-                      "--api", "jack", "--jack-backend", backend, "--output", monitor.client)
+    proc, worker = playing(monitor, out, backend)
     try:
-        worker = worker_of(proc.pid)
-        wait_for(lambda: len(monitor.messages("note_on")) >= 12, 40, "the improviser to play")
-        wait_for(lambda: sounding_now(monitor), 10, "a sounding note")
         os.kill(worker, signal.SIGSTOP)
         stopped = time.monotonic()
         time.sleep(0.5)

@@ -290,16 +290,26 @@ class JackInput:
 
     def _deliver(self) -> None:
         while (events := self._events.get()) is not None:
-            for t, data in events:
-                try:
-                    msg = mido.Message.from_bytes(data)
-                except (ValueError, TypeError):
-                    self.garbled += 1
-                    continue
-                try:
-                    self.callback(msg, t)
-                except Exception as e:  # the listener's own failure must not end the listening
-                    log.exception("MIDI input callback: %s", e)
+            self.garbled += deliver(events, self.callback)
+
+
+def deliver(events: list[tuple[float, bytes]], callback: Callable[[mido.Message, float], None] | None) -> int:
+    """Parse each (time, bytes) input event and call ``callback(msg, t)`` (None: parse only); returns how many
+    were not MIDI messages mido knows. The listener's own failure is logged and never ends the listening."""
+    garbled = 0
+    for t, data in events:
+        try:
+            msg = mido.Message.from_bytes(data)
+        except (ValueError, TypeError):
+            garbled += 1
+            continue
+        if callback is None:
+            continue
+        try:
+            callback(msg, t)
+        except Exception as e:  # noqa: BLE001
+            log.exception("MIDI input callback: %s", e)
+    return garbled
 
 
 def _connected(port, connect: Callable[[], str], failure: str) -> str:

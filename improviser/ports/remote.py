@@ -34,6 +34,7 @@ import mido
 
 from ..errors import PortError
 from . import wire
+from .jack_midi import deliver
 
 log = logging.getLogger(__name__)
 
@@ -107,19 +108,7 @@ class Link:
         self._lost()
 
     def _deliver(self, events: list[tuple[float, bytes]]) -> None:
-        callback = self.callback
-        for t, data in events:
-            try:
-                msg = mido.Message.from_bytes(data)
-            except (ValueError, TypeError):
-                self.garbled += 1
-                continue
-            if callback is None:
-                continue
-            try:
-                callback(msg, t)
-            except Exception as e:  # the listener's own failure must not end the listening
-                log.exception("MIDI input callback: %s", e)
+        self.garbled += deliver(events, self.callback)
 
     def _lost(self) -> None:
         if self.closing:
