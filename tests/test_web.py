@@ -178,7 +178,7 @@ def test_the_page_shows_plays_and_steers(jack_server, monitor, browser, tmp_path
         off_old = np.abs(gaps / STEP - np.round(gaps / STEP)) * STEP > 0.01
         assert len(gaps) > 6 and on_new.mean() > 0.9, f"onsets not on the 150 bpm grid: {gaps[:20]}"
         assert off_old.any(), "every gap still fits the old grid"
-        assert len(before) > 10
+        assert len(before) > 3, f"only {len(before)} onsets before the tempo moved"
         assert page.inner_text("#s-tempo") == "150.0"
 
         # 4. Keys typed on the page's keyboard are the player's: C, E, G (a, d, g at octave 4).
