@@ -107,7 +107,8 @@ TEMPERATURE_OPT = typer.Option(0.9, "--temperature", "-t",
 STABILITY_OPT = typer.Option(1, "--stability", "-s", help="Minimum note length in steps (16ths), 1..64.")
 SEED_OPT = typer.Option(None, "--seed", help="Random seed; the same seed gives the same music.")
 DEFAULT_BPM = 100.0
-BPM_OPT = typer.Option(DEFAULT_BPM, "--bpm", help="Tempo in beats (quarter notes) per minute, 20..400.")
+BPM_OPT = typer.Option(str(int(DEFAULT_BPM)), "--bpm", help="Tempo in beats (quarter notes) per minute, 20..400; "
+                       "record and play with --input also take auto: the tempo, beat and meter of what you play.")
 PRIME_OPT = typer.Option(None, "--prime", help="A MIDI phrase the model listens to before it plays (heard as a "
                          "player's phrase is).")
 KEY_OPT = typer.Option("auto", "--key", help="auto: follow the key of what it hears (and plays); a key such as "
@@ -130,7 +131,7 @@ PROGRAM_OPT = typer.Option(None, "--program", help="General MIDI program, 0..127
 class MusicOptions:
     """The options every command that makes music takes (generate, record, play, accompany)."""
 
-    bpm: Optional[float] = DEFAULT_BPM
+    bpm: Optional[float] = DEFAULT_BPM  # (given as text: a number, or "auto", which sets tempo_auto)
     temperature: float = 0.9
     stability: int = 1
     seed: Optional[int] = None
@@ -143,10 +144,27 @@ class MusicOptions:
     program: Optional[int] = None
     voices: bool = False
     meter: Optional[str] = None
+    tempo_auto: bool = False  # --bpm auto: the tempo taken from the player (bpm is then the starting tempo)
 
-    def check(self) -> MusicOptions:
+    def __post_init__(self) -> None:
+        if isinstance(self.bpm, str):
+            text = self.bpm.strip().lower()
+            if text == "auto":
+                self.tempo_auto, self.bpm = True, DEFAULT_BPM
+            else:
+                try:
+                    self.bpm = float(text)
+                except ValueError:
+                    raise ImproviserError(f"--bpm {self.bpm!r}: give a tempo in beats per minute, 20..400, "
+                                          "or auto (take it from what you play)") from None
+
+    def check(self, auto: bool = False) -> MusicOptions:
+        """Bad options, one line each. auto: the command can take the tempo from a player (--bpm auto)."""
         from .model.generator import check_controls, parse_key, parse_velocity_range
 
+        if self.tempo_auto and not auto:
+            raise ImproviserError("--bpm auto takes the tempo from what a player plays: record and play with "
+                                  "--input, and accompany, take it; give this command a number")
         if self.bpm is not None:
             check_bpm(self.bpm)
         check_controls(self.temperature, self.stability)
@@ -192,7 +210,7 @@ class MusicOptions:
 
 
 MUSIC_PARAMS = {  # name: (annotation, typer option), in --help order
-    "bpm": (float, BPM_OPT),
+    "bpm": (str, BPM_OPT),
     "temperature": (float, TEMPERATURE_OPT),
     "stability": (int, STABILITY_OPT),
     "seed": (Optional[int], SEED_OPT),
@@ -728,12 +746,17 @@ class LiveOptions:
         from .live.listen import check_mode, parse_cc_map
         from .ports.midi import jack_backend_of
 
-        self.music.check()
+        self.music.check(auto=True)
         jack_backend_of(self.api, self.jack_backend)
         self.sound.check()
         if self.sync not in ("internal", "clock"):
             raise ImproviserError(f"unknown --sync {self.sync!r}; choose internal or clock")
         self.face.check()
+        if self.music.tempo_auto and self.sync == "clock":
+            raise ImproviserError("--bpm auto takes the tempo from what you play, --sync clock from a DAW's clock: "
+                                  "choose one")
+        if self.music.tempo_auto and self.input_name is None and not self.face.on:
+            raise ImproviserError("--bpm auto takes the tempo from what you play: add --input NAME or --input virtual")
         if self.input_name is None:
             if self.cc or self.sync == "clock" or self.thru or (self.mode is not None and not self.face.on):
                 raise ImproviserError("--mode, --cc, --thru and --sync clock need a MIDI input: add --input NAME "
@@ -774,7 +797,8 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
         # The web page or OSC and no MIDI input: a listener without a port, which their keyboard and controls
         # reach; it plays alone (accompany) until told otherwise.
         listener = InputListener(panic_cc=None)
-        return Listening(listener, mode=opts.mode or "accompany", primed=primed), None, listener
+        return Listening(listener, mode=opts.mode or "accompany", primed=primed,
+                         tempo=_player_tempo(opts.music)), None, listener
     mode = opts.mode or "respond"
     cc_map = parse_cc_map(opts.cc)
     follower = timing = None
@@ -785,13 +809,27 @@ def _listening(api: Optional[str], opts: LiveOptions, primed: bool, clock=None):
         timing = MidiClockSync(follower)
     listener = InputListener(on_clock=follower.handle if follower else None, panic_cc=cc_map["panic"])
     name = start_listening(listener, api, opts.input_name, opts.jack_backend)
+    tempo = _player_tempo(opts.music)
     typer.echo(f"listening on MIDI port {name!r} ({mode}"
-               f"{', following its MIDI clock' if follower else ''})", err=True)
+               f"{', following its MIDI clock' if follower else ''}"
+               f"{', taking the tempo from your playing' if tempo else ''})", err=True)
     if follower is not None:
         typer.echo(f"the tempo is the DAW's: the tempo control (CC {cc_map['tempo']}) and --bpm are not used "
                    "while following its clock", err=True)
-    listening = Listening(listener, mode=mode, respond_after=opts.respond_after, cc=cc_map, primed=primed)
+    listening = Listening(listener, mode=mode, respond_after=opts.respond_after, cc=cc_map, primed=primed,
+                          tempo=tempo)
     return listening, timing, listener
+
+
+def _player_tempo(music: MusicOptions):
+    """--bpm auto: the listening part's ear for the player's tempo (``live.tempo``), which says each tempo it
+    takes in one line; else None."""
+    if not music.tempo_auto:
+        return None
+    from .live.tempo import PlayerTempo
+
+    return PlayerTempo(meter=music.time_signature() if music.meter else None,
+                       say=lambda line: typer.echo(line, err=True))
 
 
 def _live_generator(music: MusicOptions, meter=None, bar_start: int = 0):
@@ -858,7 +896,8 @@ def _live(gen, port, api: Optional[str], opts: LiveOptions):
 
         typer.echo(listening_summary(listener), err=True)
         if listening.tempo_ignored:
-            typer.echo(f"ignored {listening.tempo_ignored} tempo controls (following the DAW's clock)", err=True)
+            whose = "your playing's (--bpm auto)" if listening.tempo is not None else "the DAW's clock"
+            typer.echo(f"ignored {listening.tempo_ignored} tempo controls (the tempo is {whose})", err=True)
 
 
 def _open_output(api: Optional[str], output: Optional[str], jack_backend: Optional[str] = None):
@@ -948,8 +987,10 @@ def worker(fd: int = typer.Argument(..., help="The socket to the real-time proce
     LIVE_COMMANDS[hello["command"]](hello["arguments"])
 
 
-ACCOMPANY_PARAMS = {**MUSIC_PARAMS, "bpm": (Optional[float], typer.Option(
-    None, "--bpm", help="Tempo in beats per minute, 20..400 (default: the melody file's own)."))}
+ACCOMPANY_PARAMS = {**MUSIC_PARAMS, "bpm": (Optional[str], typer.Option(
+    None, "--bpm", help="Tempo in beats per minute, 20..400 (default: the melody file's own); auto: the melody "
+    "plays at its own tempo and the improviser, starting at 100, takes the tempo, beat and meter from its notes "
+    "as from a player's (--meter gives the meter)."))}
 
 
 @app.command()
@@ -976,7 +1017,7 @@ def accompany(
     from .live.listen import check_mode
     from .music.encoding import read_midi
 
-    music.check()
+    music.check(auto=True)
     check_mode(mode)
     if not (0.25 <= respond_after <= 64) or math.isnan(respond_after):
         raise ImproviserError(f"--respond-after must be 0.25..64 beats (got {respond_after})")
@@ -988,13 +1029,17 @@ def accompany(
     check_output(out)
     model, _ = load_model(music.checkpoint)
     tune = read_midi(melody, model.cfg.steps_per_beat)
-    bpm = music.bpm or tune.bpm
+    auto = music.tempo_auto
+    bpm = tune.bpm if auto or music.bpm is None else music.bpm
     check_bpm(bpm)
-    gen = _live_generator(music, tune.time_signature, tune.bar_start)
+    # (--bpm auto: the improviser knows of the melody only what it hears, as of a player: no meter but --meter's)
+    gen = _live_generator(music, None, 0) if auto else _live_generator(music, tune.time_signature, tune.bar_start)
     t0 = time.perf_counter()
+    tempo = _player_tempo(music)
     session = run_accompany(gen, tune, bpm, mode, respond_after, extra, channel=music.midi_channel(),
-                            program=music.gm_program(), voices=music.voices)
-    session.write(out, bpm, tune.tempo_beats() if music.bpm is None else ())
+                            program=music.gm_program(), voices=music.voices, tempo=tempo,
+                            start_bpm=DEFAULT_BPM if auto else None)
+    session.write(out, bpm, tune.tempo_beats() if auto or music.bpm is None else ())
     typer.echo(f"wrote {out}: {session.length:.1f} s at {bpm:g} bpm, {len(session.notes('player'))} melody notes, "
                f"{len(session.notes())} of its own ({mode}) in {time.perf_counter() - t0:.2f} s", err=True)
 

@@ -217,6 +217,9 @@ class TempoGrid:
         self.step_seconds = step_seconds  # written by the sender only (under _lock); read by any thread
         self.t0: float | None = None  # deadline of step 0; set by begin(), moved by tempo changes (sender)
         self._pending: float | None = None  # a tempo change not yet applied: written by any thread, under _lock
+        # A new grid from step k on, not yet applied: (k, its deadline, step_seconds). Posted by the producer
+        # (``retime``) for a step the sender has not asked for; ``deadline`` already answers with it.
+        self._retimed: tuple[int, float, float] | None = None
         self._lock = threading.Lock()
 
     def begin(self, first: float, next_step: int) -> None:
@@ -231,8 +234,24 @@ class TempoGrid:
             self._pending = step_seconds
         return True
 
+    def retime(self, k: int, due: float, step_seconds: float) -> float:
+        """From step ``k`` on, the grid is ``due + (j - k) * step_seconds`` (the player's tempo and phase: ``--bpm
+        auto``). For a step the sender has not reached yet (the producer's next one); never earlier than half a
+        step after step k - 1. Returns step k's deadline."""
+        if step_seconds <= 0:
+            raise ValueError("step_seconds must be positive")
+        with self._lock:
+            due = max(due, self._deadline(k - 1) + step_seconds / 2)
+            self._retimed = (k, due, step_seconds)
+            self._pending = None  # (a tempo asked for before it is overtaken by this one)
+        return due
+
     def slot(self, k: int, stop: threading.Event) -> tuple[Slot, float]:
         with self._lock:  # take a pending tempo change, if any, in one piece
+            if self._retimed is not None and k >= self._retimed[0]:
+                j, due, step = self._retimed
+                self._retimed = None
+                self.step_seconds, self.t0 = step, due - j * step
             new, self._pending = self._pending, None
             if new is not None:
                 due = self.t0 + k * self.step_seconds
@@ -243,7 +262,22 @@ class TempoGrid:
     def deadline(self, k: int) -> float:
         """When step ``k`` is due (once ``begin`` has run)."""
         assert self.t0 is not None, "the grid has not started"
+        return self._deadline(k)
+
+    def _deadline(self, k: int) -> float:
+        r = self._retimed  # (one read: the tuple is replaced whole)
+        if r is not None and k >= r[0]:
+            return r[1] + (k - r[0]) * r[2]
         return self.t0 + k * self.step_seconds
+
+    def index_at(self, t: float) -> float:
+        """Where time ``t`` falls on the grid, in steps (fractional; with a pending retime, on the new grid past
+        its first step)."""
+        assert self.t0 is not None, "the grid has not started"
+        r = self._retimed
+        if r is not None and t >= r[1]:
+            return r[0] + (t - r[1]) / r[2]
+        return (t - self.t0) / self.step_seconds
 
     def wait(self, k: int, stop: threading.Event, lead: float = 0.0) -> float | None:
         """Until ``lead`` before step k's deadline: sleep to ~spin before it, then spin (no spin with a lead).

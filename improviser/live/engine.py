@@ -271,6 +271,8 @@ class LiveEngine:
         if self.listening is None:
             return _Step(self.generator.step())
         heard, playing, mark = self.listening.before_step(k)
+        if playing is None:  # (the listening part takes the player's tempo from a phrase: the model waits)
+            return _Step(Frame.silent(), mark)
         return _Step(self.generator.step(heard=heard, play=playing), mark)
 
     def _prepare(self, k: int, item: _Step) -> tuple[list[mido.Message], np.ndarray, _Step, Any]:
@@ -304,7 +306,9 @@ class LiveEngine:
         if hasattr(self.port, "beat") and isinstance(self.timing, TempoGrid):
             # By when the next step's messages come: a real-time process silences a worker that misses it (a
             # DAW's clock may slow down at any time: following one, no promise is made).
-            self.port.beat(t - self.lead + max(self.timing.step_seconds, self._asked_step))
+            # (The next step's own deadline too: a tempo taken from the player may move it a beat away.)
+            self.port.beat(max(t - self.lead + max(self.timing.step_seconds, self._asked_step),
+                               self.timing.deadline(k + 1) - self.lead))
         cut = None
         if self.steps_per_session and k > 0 and k % self.steps_per_session == 0:
             cut = self.timing.deadline(k)  # step k opens a new session: cut at its deadline
@@ -552,13 +556,17 @@ def schedule_melody(clock: VirtualClock, listener: Any, melody: Grid, start: flo
 
 
 def accompany(generator: StreamingGenerator, melody: Grid, bpm: float, mode: str = "accompany",
-              respond_after: float = 2.0, extra_beats: float = 4.0, **options) -> Session:
+              respond_after: float = 2.0, extra_beats: float = 4.0, tempo: Any = None,
+              start_bpm: float | None = None, **options) -> Session:
     """Play along with ``melody`` exactly as the live engine would with a player, on a virtual clock.
 
     The melody's notes arrive at the listening part at their times at ``bpm`` (no MIDI system);
     the same engine, listening part and recorder as ``record --input`` hear them, quantise them
     and answer or accompany. The run lasts the melody plus ``extra_beats``. Returns the session:
     the improviser's notes, and the melody on the ``player`` track.
+
+    tempo: a ``tempo.PlayerTempo`` (--bpm auto): the engine starts at ``start_bpm`` and takes the melody's
+    tempo from its notes, as from a player's.
     """
     from ..errors import ImproviserError
     from .listen import InputListener, Listening
@@ -570,8 +578,8 @@ def accompany(generator: StreamingGenerator, melody: Grid, bpm: float, mode: str
                               f"{MAX_ACCOMPANY_SECONDS / 60:.0f} minutes: cut it into parts")
     clock = VirtualClock()
     listener = InputListener(now=clock.now)
-    listening = Listening(listener, mode=mode, respond_after=respond_after, just_in_time=True)
-    engine = LiveEngine(generator, bpm, None, clock=clock, listening=listening, lookahead=0, **options)
+    listening = Listening(listener, mode=mode, respond_after=respond_after, just_in_time=True, tempo=tempo)
+    engine = LiveEngine(generator, start_bpm or bpm, None, clock=clock, listening=listening, lookahead=0, **options)
     schedule_melody(clock, listener, melody, clock.now() + START_DELAY, step_seconds)
     result = engine.run(seconds)
     return result.sessions[-1]

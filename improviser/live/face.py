@@ -176,8 +176,10 @@ class Face:
         """After the listening part heard step k (producer thread): the settings, swapped in when one changed."""
         listening = self.listening
         gen, engine = listening.generator, listening.engine
-        seen = (getattr(engine.timing, "step_seconds", None), gen.temperature, gen.note_stability, gen.key(),
-                gen.pinned_key, gen.key_hold, listening.mode, engine.conductor.stats.late_steps)
+        step = getattr(engine.timing, "step_seconds", None)
+        seen = (round(step, 4) if step else None, getattr(listening.tempo, "line", None), gen.temperature,
+                gen.note_stability, gen.key(), gen.pinned_key, gen.key_hold, listening.mode,
+                engine.conductor.stats.late_steps)
         if seen != self._seen:
             self._seen = seen
             self._settings = self._read_settings()
@@ -195,6 +197,9 @@ class Face:
         return {
             "tempo": round(60.0 / step / gen.cfg.steps_per_beat, 2) if step else None,
             "follows_clock": engine.follows_clock if engine is not None else not self.bpm,
+            # --bpm auto: the tempo is the player's, and the line said when it was taken (None: not yet)
+            "follows_player": listening.tempo is not None,
+            "tempo_taken": listening.tempo.line if listening.tempo is not None else None,
             "temperature": round(gen.temperature, 3), "stability": gen.note_stability,
             "key": key_name(*key) if key is not None else None,
             "key_setting": key_name(*gen.pinned_key) if gen.pinned_key is not None else "auto",

@@ -262,6 +262,7 @@ class Mark:
     note_ons: int
 
 
+STEPS_PER_BEAT_FALLBACK = 4  # (--bpm auto, no tempo taken yet: a beat of the engine's grid)
 LISTEN_MARGIN = 0.005  # s: the model's time for a step, at the least, between listening and handing it over
 REACTIONS_KEPT = 10_000  # (arrival, step) of the most recent heard notes, for the listening benchmark
 CONTROLS_KEPT = 1_000  # the most recent controls applied
@@ -278,7 +279,8 @@ class Listening:
     """
 
     def __init__(self, listener: InputListener, mode: str = "respond", respond_after: float = 2.0,
-                 cc: dict[str, int] | None = None, primed: bool = False, just_in_time: bool | None = None):
+                 cc: dict[str, int] | None = None, primed: bool = False, just_in_time: bool | None = None,
+                 tempo: Any = None):
         self.listener = listener
         self.mode = check_mode(mode)
         self.respond_after = respond_after
@@ -289,7 +291,7 @@ class Listening:
         self._echo: np.ndarray | None = None  # the player's last sounding notes, while waiting (older models)
         self.reactions: collections.deque = collections.deque(maxlen=REACTIONS_KEPT)  # (arrival, step fed into)
         self.controls_applied: collections.deque = collections.deque(maxlen=CONTROLS_KEPT)  # (step, name, value)
-        self.tempo_ignored = 0  # tempo controls received while following a MIDI clock
+        self.tempo_ignored = 0  # tempo controls received while following a MIDI clock or the player (--bpm auto)
         self._to_record: collections.deque = collections.deque()  # producer -> sender: the player's notes
         self._just_in_time = just_in_time
         self.engine = None
@@ -297,6 +299,10 @@ class Listening:
         # Told of each heard message (heard(t, msg)) and of each step heard (stepped(k)), on the producer
         # thread: the web page and OSC (``face.Face``). Set before the run.
         self.watch: Any = None
+        # --bpm auto: a ``tempo.PlayerTempo`` that takes the tempo from the player and moves the grid to it.
+        # Responding, the model then waits while a phrase is played and hears it when it ends, on its grid.
+        self.tempo = tempo
+        self._answering = primed  # (--bpm auto, respond) playing an answer, or (primed) playing before any phrase
 
     def attach(self, engine) -> None:
         """Called by the engine that holds this part."""
@@ -304,6 +310,8 @@ class Listening:
 
         self.engine = engine
         self.generator = engine.generator
+        if self.tempo is not None and not hasattr(engine.timing, "retime"):
+            raise ImproviserError("--bpm auto takes the tempo from the player; it cannot also follow a MIDI clock")
         self.respond_steps = max(1, round(self.respond_after * self.generator.cfg.steps_per_beat))
         if self._just_in_time is None:
             # On a virtual clock with a producer thread (tests) the producer must not sleep: that would
@@ -328,12 +336,19 @@ class Listening:
                 self._control(k, msg)
             else:
                 self.heard.feed(msg)
+                if self.tempo is not None:
+                    self.tempo.feed(t, msg)
                 self._to_record.append((t, msg))
                 if msg.type == "note_on" and msg.velocity > 0:
                     self.reactions.append((t, k))
                 if watch is not None:
                     watch.heard(t, msg)
         heard = self.heard.frame()
+        if self.tempo is not None:
+            heard, playing = self._by_ear(k, heard, until)
+            if watch is not None:
+                watch.stepped(k)
+            return heard, playing, mark
         if heard.sound.any():
             self.last_heard_step = k
             self.heard_anything = True
@@ -351,6 +366,31 @@ class Listening:
         if watch is not None:
             watch.stepped(k)
         return heard, playing, mark
+
+    def _by_ear(self, k: int, heard: Frame, until: float | None) -> tuple[Frame, bool | None]:
+        """--bpm auto: (heard, play) for step k; play None: the model waits (a phrase is being played)."""
+        engine, tempo = self.engine, self.tempo
+        now = until if until is not None else engine.clock.now()
+        if heard.sound.any():
+            self.last_heard_step = k
+            self.heard_anything = True
+        if self.mode == "accompany":
+            tempo.follow(k, now, engine.timing, self.generator, engine.lead)
+            return heard, True
+        if heard.onset.any() or tempo.sounding:  # a phrase: listen to it whole, then answer on its grid
+            self._answering = False
+            return heard, None
+        if self._answering:
+            return heard, True
+        if not tempo.notes:
+            return heard, None  # nothing played yet: wait
+        est = tempo.estimate()
+        beat = 60.0 / est.bpm if est is not None else STEPS_PER_BEAT_FALLBACK * engine.timing.step_seconds
+        if now - tempo.last_event() < self.respond_after * beat:
+            return heard, None
+        tempo.answer(k, now, engine.timing, self.generator, engine.lead)
+        self._answering = True
+        return Frame.silent(), None  # step k stays silent; the answer begins with the next, on a beat
 
     def _wait_to_listen(self, k: int) -> float:
         """Sleep until half a step before step k is due: what is heard by then belongs to step k - 1.
@@ -390,9 +430,12 @@ class Listening:
                 self.generator.set_controls(key_hold=value)
             elif name == "mode":
                 self.mode = check_mode(value)
+                if self.tempo is not None:  # (the other mode hears the tempo its own way: from the next notes)
+                    self.tempo.reset()
+                    self._answering = False
             elif name == "tempo":
-                if not self.engine.set_bpm(value):
-                    self.tempo_ignored += 1  # the DAW's clock sets the tempo
+                if self.tempo is not None or not self.engine.set_bpm(value):
+                    self.tempo_ignored += 1  # the DAW's clock sets the tempo (or the player's playing)
                     return
             elif name == "panic":
                 self.generator.reset()  # forget the phrase and everything played: start afresh
@@ -400,6 +443,9 @@ class Listening:
                 self.heard_anything = False
                 self.last_heard_step = -10**9
                 self._echo = None
+                if self.tempo is not None:
+                    self.tempo.reset()
+                    self._answering = False
             else:
                 return
         except (ImproviserError, ValueError, TypeError):

@@ -31,6 +31,7 @@ How a phrase's grid is found:
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class Note:
     onset: float
     velocity: int = 80
     off: float | None = None
+    pitch: int = 60
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,11 @@ class BeatEstimate:
         return self.beat_time + n * self.step_seconds
 
     def next_beat(self, after: float) -> tuple[float, int]:
-        """The first beat at or after ``after``: (its time, its step index)."""
-        n = math.ceil(self.index(after) / STEPS_PER_BEAT - 1e-9) * STEPS_PER_BEAT
+        """The first beat of the meter (a quarter; in 6/8 a dotted quarter) at or after ``after``: (its time, its
+        step index)."""
+        beat = self.meter.beat_steps(STEPS_PER_BEAT)
+        bar0 = round((self.bar_time - self.beat_time) / self.step_seconds)  # a bar line's step: beats count from it
+        n = bar0 + math.ceil((self.index(after) - bar0) / beat - 1e-9) * beat
         return self.time_of(n), n
 
     def bar_position(self, n: int) -> int:
@@ -228,7 +233,6 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None) -> tuple[
     span = int(steps.max()) + 1
     x = np.zeros(span)
     np.add.at(x, steps, weight)
-    best = (-np.inf, Meter(4, 4), 0)
     scores = {}
     for m in (meter,) if meter is not None else CANDIDATE_METERS:
         t = template(m)
@@ -243,22 +247,255 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None) -> tuple[
     if meter is not None:
         return meter, scores.get(meter, (0.0, 0))[1]
     common = scores.get(Meter(4, 4), (-np.inf, 0))
-    r, m = max((v[0], k) for k, v in scores.items())  # (Meter orders by its fields: ties are rare)
+    m = max(scores, key=lambda k: scores[k][0])  # (the first of CANDIDATE_METERS on a tie)
+    r = scores[m][0]
     if r - common[0] < METER_MARGIN:
         return Meter(4, 4), common[1]  # 4/4 unless another meter fits clearly better
     return m, scores[m][1]
 
 
+def played_time(step: np.ndarray | float, bpm: float, drift: float = 0.0, over: float = 128.0,
+                begin: float = 0.0) -> np.ndarray:
+    """When a player reaches grid ``step`` (16ths from their start, fractional) who starts at ``bpm`` and whose tempo
+    changes by ``drift`` (0.1: 10% faster; -0.1: slower) evenly over ``over`` steps from step ``begin``, then
+    stays."""
+    x = np.asarray(step, float)
+    s0 = 60.0 / bpm / STEPS_PER_BEAT
+    steady = np.minimum(x, begin) * s0
+    if drift == 0:
+        return x * s0
+    y = np.maximum(x - begin, 0.0)
+    c = drift / over  # the tempo is (1 + c * y) times the first, up to ``over``
+    inside = s0 / c * np.log1p(c * np.minimum(y, over))
+    return steady + inside + np.maximum(y - over, 0.0) * s0 / (1 + drift)
+
+
 def perform(notes: np.ndarray, bpm: float, rng: np.random.Generator, start: float = 0.0, jitter: float = 0.010,
-            velocity: tuple[int, int] = (50, 110), legato: float = 0.9) -> list[Note]:
+            velocity: tuple[int, int] = (50, 110), legato: float = 0.9, drift: float = 0.0,
+            over: float = 128.0, begin: float = 0.0) -> list[Note]:
     """A player's performance of ``notes`` (rows pitch, start step, end step[, ...] on the 16th grid) at ``bpm``
     from ``start``: each onset off by a Gaussian ``jitter`` (s), velocities uniform in ``velocity``, each note
-    held for ``legato`` of its written length. For tests and benchmarks."""
-    step = 60.0 / bpm / STEPS_PER_BEAT
+    held for ``legato`` of its written length; the tempo drifting by ``drift`` over ``over`` steps
+    (``played_time``). For tests and benchmarks."""
     out = []
     for row in notes:
         s, e = float(row[1]), float(row[2])
-        on = start + s * step + rng.normal(0, jitter)
-        off = max(on + 0.02, start + (s + legato * (e - s)) * step + rng.normal(0, jitter))
-        out.append(Note(on, int(rng.integers(velocity[0], velocity[1] + 1)), off))
+        on = start + float(played_time(s, bpm, drift, over, begin)) + rng.normal(0, jitter)
+        release = start + float(played_time(s + legato * (e - s), bpm, drift, over, begin))
+        off = max(on + 0.02, release + rng.normal(0, jitter))
+        out.append(Note(on, int(rng.integers(velocity[0], velocity[1] + 1)), off, int(row[0])))
     return out
+
+
+# ---- the listening part's ear for the player's tempo ---------------------------------------------------------
+
+ANSWER_MARGIN = 0.1  # s: at least this before an answer's first beat, to hear the phrase and make the first step
+PHRASE_STEPS = 128  # the most of a phrase the model hears before answering (the last 8 bars of 4/4)
+RECENT_ONSETS = 64  # the most onsets a tempo is taken from (the latest)
+LOCK_ONSETS = 8  # accompanying: onsets before it locks onto the player's beat...
+LOCK_BEATS = 2.0  # ...spanning at least this many beats
+ON_GRID = 0.35  # of a step: an onset this close to a step of the grid followed is on it
+LOST_AFTER = 4  # onsets in a row off that grid: the beat is lost, and found again as at the start
+FOLLOW_WINDOW = 32  # steps: the player's onsets the follower fits a line through...
+FOLLOW_HALF_LIFE = 12.0  # ...each weighing half as much every this many steps back
+PHASE_STEP = 0.1  # of a step: the most the grid moves per step to meet the player (smooth, never backwards)
+TEMPO_STEP = 0.02  # the most the step's length changes per step
+
+
+class PlayerTempo:
+    """``--bpm auto`` in the listening part: hears the player's notes and moves the engine's grid to their tempo.
+
+    Respond mode: the notes of a phrase are kept; when it ends, ``answer`` takes its grid (``estimate_beat``),
+    lets the model hear the phrase quantised on it, and moves the engine's grid so the answer starts on a beat
+    of the phrase's grid continued, at its tempo. Accompany mode: ``follow`` before each step; once
+    ``LOCK_ONSETS`` onsets keep to a grid it locks onto it (the engine's next step on one of its steps, the
+    model's bar on the player's), then fits a line through the recent onsets on that grid and nudges the
+    grid toward it, step by step. The producer thread only (the listening part's).
+
+    meter: the player's meter if they said (``--meter``), else guessed from each phrase.
+    say(line): told the tempo taken, in one line, when it changes.
+    """
+
+    def __init__(self, meter: Meter | None = None, say=None):
+        self.meter = meter
+        self.say = say
+        self.notes: list[list] = []  # [onset, velocity, off or None, pitch]: a phrase, or the recent notes
+        self._held: dict[tuple[int, int], list] = {}  # (channel, pitch) -> its note, while it sounds
+        self._estimated: tuple[int, BeatEstimate | None] = (-1, None)  # (len(notes), estimate) cached
+        self.taken: BeatEstimate | None = None  # the last tempo taken
+        self.line: str | None = None  # what was said of it
+        self.locked = False  # accompanying: following the player's beat
+        self.locks = 0  # times it locked (found the beat again after losing it)
+        self._pairs: collections.deque = collections.deque(maxlen=4 * FOLLOW_WINDOW)  # (grid step, onset)
+        self._new: list[float] = []  # onsets heard since the last ``follow``
+        self._last_onset = -math.inf
+        self._misses = 0
+        self._since = -math.inf  # notes before this are not used to lock again
+
+    # ---- hearing ------------------------------------------------------------------------------------------
+
+    def feed(self, t: float, msg) -> None:
+        """A note message heard at ``t``."""
+        key = (msg.channel, msg.note)
+        if msg.type == "note_on" and msg.velocity > 0:
+            if key in self._held:  # struck again while sounding: the first one ends here
+                self._held[key][2] = t
+            note = [t, msg.velocity, None, msg.note]
+            self.notes.append(note)
+            self._held[key] = note
+            if len(self.notes) > 8 * RECENT_ONSETS:
+                del self.notes[: len(self.notes) - 8 * RECENT_ONSETS]
+            if t - self._last_onset >= CHORD_SECONDS:
+                self._new.append(t)
+                self._last_onset = t
+        elif msg.type in ("note_on", "note_off"):
+            note = self._held.pop(key, None)
+            if note is not None:
+                note[2] = t
+
+    @property
+    def sounding(self) -> bool:
+        return bool(self._held)
+
+    def last_event(self) -> float:
+        """The last onset or note-off heard."""
+        return max((max(n[0], n[2] if n[2] is not None else n[0]) for n in self.notes), default=-math.inf)
+
+    def reset(self) -> None:
+        """Forget the notes and the beat (a panic)."""
+        self.notes.clear()
+        self._held.clear()
+        self._estimated = (-1, None)
+        self._pairs.clear()
+        self._new.clear()
+        self.locked = False
+        self._misses = 0
+
+    def _as_notes(self, since: float = -math.inf) -> list[Note]:
+        notes = [Note(n[0], n[1], n[2], n[3]) for n in self.notes if n[0] >= since]
+        onsets = sorted({round(n.onset, 6) for n in notes})
+        if len(onsets) > RECENT_ONSETS:
+            first = onsets[-RECENT_ONSETS]
+            notes = [n for n in notes if n.onset >= first]
+        return notes
+
+    def estimate(self) -> BeatEstimate | None:
+        """The grid of the notes heard so far (cached until another note comes)."""
+        if self._estimated[0] != len(self.notes):
+            self._estimated = (len(self.notes), estimate_beat(self._as_notes(), self.meter))
+        return self._estimated[1]
+
+    def _took(self, est: BeatEstimate) -> None:
+        old, self.taken = self.taken, est
+        if self.say is not None and (old is None or abs(old.bpm - est.bpm) >= 1.0 or old.meter != est.meter):
+            self.line = f"took the tempo from your playing: {est.describe()}"
+            self.say(self.line)
+
+    # ---- respond: answer a phrase on its grid ------------------------------------------------------------
+
+    def answer(self, k: int, now: float, timing, generator, lead: float = 0.0) -> BeatEstimate:
+        """The phrase heard has ended at ``now`` (the producer is about to make step ``k``, which stays silent):
+        the model hears it on its own grid and the engine's grid moves so step ``k + 1``, the answer's first, falls
+        on a beat of that grid continued, at its tempo. Returns the grid taken (the current one, with no
+        estimate: fewer than ``MIN_ONSETS`` onsets, or none that keep to a grid)."""
+        est = self.estimate()
+        if est is None:  # the engine's own grid, bar lines where the model has them
+            s = timing.deadline(k + 1) - timing.deadline(k)
+            bar_time = timing.deadline(k) - generator.bar_position() * s
+            est = BeatEstimate(s, bar_time, self.meter or generator.meter, bar_time, 0.0, 0, False)
+        s = est.step_seconds
+        due, n = est.next_beat(max(now + lead + ANSWER_MARGIN, timing.deadline(k) + s / 2))
+        grid = self._phrase_grid(est, n)
+        bar = est.meter.bar_steps(STEPS_PER_BEAT)
+        generator.set_meter(est.meter, (est.bar_position(n) - generator.step_index - len(grid)) % bar)
+        generator.prime(grid)
+        timing.retime(k + 1, due, s)
+        self.notes.clear()
+        self._estimated = (-1, None)
+        if est.onsets:
+            self._took(est)
+        return est
+
+    def _phrase_grid(self, est: BeatEstimate, end: int):
+        """The phrase on ``est``'s grid, from its first onset's step to the step before ``end`` (at most
+        ``PHRASE_STEPS``)."""
+        from ..music.encoding import N_MIDI, Grid
+
+        notes = self._as_notes()
+        first = min((round(est.index(n.onset)) for n in notes), default=end - 1)
+        n0 = max(min(first, end - 1), end - PHRASE_STEPS)
+        length = end - n0
+        onset = np.zeros((length, N_MIDI), bool)
+        sound = np.zeros((length, N_MIDI), bool)
+        velocity = np.zeros((length, N_MIDI), np.uint8)
+        for n in notes:
+            a = round(est.index(n.onset)) - n0
+            b = round(est.index(n.off)) - n0 if n.off is not None else a + 1
+            if a >= length or b <= 0:
+                continue
+            b = min(max(b, a + 1), length)
+            if a >= 0:
+                onset[a, n.pitch] = True
+                velocity[a, n.pitch] = max(velocity[a, n.pitch], n.velocity)
+            sound[max(a, 0):b, n.pitch] = True
+        return Grid(onset, sound, STEPS_PER_BEAT, velocity=velocity, meter=est.meter)
+
+    # ---- accompany: lock onto the player's beat and follow it ---------------------------------------------
+
+    def follow(self, k: int, now: float, timing, generator, lead: float = 0.0) -> None:
+        """Before step ``k`` is made (producer thread): move the grid from step ``k + 1`` toward the player's."""
+        onsets, self._new = self._new, []
+        if not self.locked:
+            self._lock(k, now, timing, generator, lead)
+            return
+        for t in onsets:
+            x = timing.index_at(t)
+            j = round(x)
+            if abs(x - j) <= ON_GRID:
+                self._pairs.append((j, t))
+                self._misses = 0
+            else:
+                self._misses += 1
+                if self._misses == 1:
+                    self._since = t
+        if self._misses >= LOST_AFTER:  # off the grid: find the beat again from the notes since the first miss
+            self.locked = False
+            self._pairs.clear()
+            self._misses = 0
+            return
+        recent = [(j, t) for j, t in self._pairs if j >= k - FOLLOW_WINDOW]
+        if len(recent) < 3 or recent[-1][0] - recent[0][0] < 4:
+            return
+        j = np.array([p[0] for p in recent], float)
+        t = np.array([p[1] for p in recent])
+        w = 0.5 ** ((k - j) / FOLLOW_HALF_LIFE)
+        b, a = np.polyfit(j, t, 1, w=np.sqrt(w))
+        s = timing.deadline(k + 1) - timing.deadline(k)
+        if not (0.5 * s < b < 2 * s):
+            return  # (a line through too few onsets that says nothing)
+        cur = timing.deadline(k + 1)
+        due = cur + float(np.clip(a + b * (k + 1) - cur, -PHASE_STEP * s, PHASE_STEP * s))
+        step = float(np.clip(b, s * (1 - TEMPO_STEP), s * (1 + TEMPO_STEP)))
+        if abs(due - cur) > 1e-4 or abs(step - s) > 1e-6:
+            timing.retime(k + 1, due, step)
+
+    def _lock(self, k: int, now: float, timing, generator, lead: float) -> None:
+        notes = self._as_notes(self._since)
+        if len({round(n.onset, 3) for n in notes}) < LOCK_ONSETS:
+            return
+        est = estimate_beat(notes, self.meter)
+        if est is None or (max(n.onset for n in notes) - min(n.onset for n in notes)) < LOCK_BEATS * 60.0 / est.bpm:
+            return
+        s = est.step_seconds
+        n = math.ceil(est.index(max(now + lead + ANSWER_MARGIN, timing.deadline(k) + s / 2)) - 1e-9)
+        bar = est.meter.bar_steps(STEPS_PER_BEAT)
+        # The model's bar on the player's: step k + 1 at the place in the bar the player's step n has.
+        generator.set_meter(est.meter, (est.bar_position(n) - generator.step_index - 1) % bar)
+        timing.retime(k + 1, est.time_of(n), s)
+        for onset in _merge(notes)[0]:
+            m = round(est.index(onset))
+            if abs(est.index(onset) - m) <= ON_GRID:
+                self._pairs.append((k + 1 + m - n, float(onset)))
+        self.locked = True
+        self.locks += 1
+        self._took(est)

@@ -1,0 +1,206 @@
+"""--bpm auto: the tempo, beat and meter taken from what a player plays (``live.tempo``), on a virtual clock with
+the shipped checkpoint: the estimate from a held-out tune played with a person's timing, respond mode answering
+on the phrase's grid continued, accompany mode following a 10% drift, a player who never plays, the grid's
+re-anchoring, and the CLI's answers. Through JACK: benchmarks/tempo.py --live."""
+
+from __future__ import annotations
+
+import threading
+import zlib
+
+import mido
+import numpy as np
+import pytest
+
+from improviser.live.clock import TempoGrid, VirtualClock
+from improviser.live.engine import LiveEngine
+from improviser.live.listen import InputListener, Listening
+from improviser.live.tempo import PlayerTempo, estimate_beat, perform, played_time
+from improviser.model.generator import StreamingGenerator
+from improviser.music.melodies import load_heldout_melodies
+from improviser.music.melody_files import part_of
+from improviser.testing import cli, one_line_error
+
+
+@pytest.fixture(scope="module")
+def tunes():
+    """Held-out folk tunes of the tuning part (the benchmark reports on the other), 10 bars or more."""
+    return [m for m in load_heldout_melodies(16, 0) if part_of(m.name) == "tune" and m.whole_bars >= 10]
+
+
+class LoggedGrid(TempoGrid):
+    """The internal grid, keeping each step's deadline as the sender takes it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dues: dict[int, float] = {}
+
+    def slot(self, k, stop):
+        got = super().slot(k, stop)
+        self.dues[k] = got[1]
+        return got
+
+
+def play_to(clock: VirtualClock, listener: InputListener, played) -> float:
+    """The performance's notes into the listener at their moments; returns when the last ends."""
+    for n in played:
+        clock.at(n.onset, lambda n=n: listener.on_message(mido.Message("note_on", note=n.pitch, velocity=n.velocity)))
+        clock.at(n.off, lambda n=n: listener.on_message(mido.Message("note_off", note=n.pitch)))
+    return max(n.off for n in played)
+
+
+def engine_by_ear(model, mode: str, meter=None, seed: int = 1):
+    clock = VirtualClock()
+    listener = InputListener(now=clock.now)
+    said: list[str] = []
+    tempo = PlayerTempo(meter=meter, say=said.append)
+    listening = Listening(listener, mode=mode, respond_after=2.0, just_in_time=True, tempo=tempo)
+    timing = LoggedGrid(60 / 100 / 4, clock)
+    engine = LiveEngine(StreamingGenerator(model, 0.9, 1, seed=seed), 100, None, clock=clock, listening=listening,
+                        lookahead=0, timing=timing)
+    return engine, clock, listener, tempo, said, timing
+
+
+def own_onsets(result) -> np.ndarray:
+    s = result.sessions[-1]
+    return np.array(sorted({round(n.start + s.start, 6) for n in s.notes()}))
+
+
+def test_the_grid_moves_from_a_later_step_on_and_never_backwards():
+    clock = VirtualClock()
+    grid = TempoGrid(0.15, clock)
+    grid.begin(1.0, 0)
+    stop = threading.Event()
+    assert grid.slot(3, stop)[1] == pytest.approx(1.45)
+    assert grid.retime(5, 2.0, 0.2) == pytest.approx(2.0)
+    assert grid.deadline(4) == pytest.approx(1.6)  # before the new grid: as it was
+    assert grid.deadline(6) == pytest.approx(2.2)  # answered on the new grid before the sender reaches it
+    assert grid.index_at(2.3) == pytest.approx(6.5)
+    assert grid.slot(4, stop)[1] == pytest.approx(1.6)
+    assert grid.slot(5, stop)[1] == pytest.approx(2.0) and grid.step_seconds == 0.2
+    # Asked for a step earlier than the one before it: half a step after it instead.
+    assert grid.retime(7, 1.0, 0.2) == pytest.approx(2.2 + 0.1)
+
+
+def test_the_tempo_beat_and_meter_of_a_played_phrase(tunes):
+    checked = 0
+    for m in tunes[:6]:
+        rng = np.random.default_rng(zlib.crc32(m.name.encode()))
+        bpm, t0 = rng.uniform(66, 150), rng.uniform(1, 5)
+        est = estimate_beat(perform(m.phrase(4).notes(), bpm, rng, start=t0))
+        assert est is not None, m.name
+        ratio = est.bpm / bpm
+        # The tempo, or half of it (a phrase of eighths at 140 and of sixteenths at 70 are the same onsets).
+        assert ratio == pytest.approx(1, abs=0.01) or ratio == pytest.approx(0.5, abs=0.005), (m.name, bpm, est)
+        # Every step of the grid taken is on the player's 16th grid (within a few ms), over the whole phrase.
+        steps = (est.time_of(np.arange(0, 64)) - t0) / (60 / bpm / 4)
+        assert np.abs(steps - np.round(steps)).max() * 60 / bpm / 4 < 0.015, m.name
+        checked += 1
+    assert checked == 6
+    # Nothing to take a tempo from: None, not a guess.
+    assert estimate_beat(perform(np.array([[60, 0, 4], [62, 4, 8]]), 90, np.random.default_rng(0))) is None
+
+
+def test_respond_waits_for_the_phrase_then_answers_on_its_grid_continued_at_its_tempo(model, tunes):
+    m = tunes[1]
+    rng = np.random.default_rng(7)
+    bpm, t0 = 84.0, 2.37
+    played = perform(m.phrase(4).notes(), bpm, rng, start=t0)
+    engine, clock, listener, tempo, said, timing = engine_by_ear(model, "respond")
+    end = play_to(clock, listener, played)
+    step = 60 / bpm / 4
+    result = engine.run(end + 4 * m.bar_steps * step + 3.0)
+    own = own_onsets(result)
+    assert len(own) > 10 and own[0] > end  # silent while the phrase is played; then an answer
+    assert len(said) == 1 and said[0].startswith("took the tempo from your playing: ")
+    assert tempo.taken.bpm == pytest.approx(bpm, rel=0.01) or tempo.taken.bpm == pytest.approx(bpm / 2, rel=0.01)
+    answer = own[own < own[0] + 4 * m.bar_steps * step]  # an answer as long as the phrase
+    off = np.abs((answer - t0) / step - np.round((answer - t0) / step)) * step
+    assert np.mean(off <= 0.020) >= 0.9, off
+    first = (own[0] - t0) / step - m.first_bar  # its first note on a beat of the phrase's grid
+    beat = 6 if str(m.meter) == "6/8" else 4
+    assert abs(first / beat - round(first / beat)) * beat * step <= 0.020
+    # The engine's grid went to the player's tempo, and never a step back.
+    dues = np.array([timing.dues[k] for k in sorted(timing.dues)])
+    assert np.all(np.diff(dues) > 0)
+    assert 60 / (dues[-1] - dues[-2]) / 4 == pytest.approx(tempo.taken.bpm, rel=1e-6)
+
+
+def test_accompanying_it_follows_a_player_who_speeds_up_by_ten_percent(model, tunes):
+    m = tunes[2]
+    rng = np.random.default_rng(3)
+    bpm, t0 = 96.0, 1.3
+    begin, over = m.first_bar + 2 * m.bar_steps, 8 * m.bar_steps  # 2 bars steady, then 8 bars faster and faster
+    played = perform(m.phrase(10).notes(), bpm, rng, start=t0, drift=0.10, over=over, begin=begin)
+    engine, clock, listener, tempo, said, timing = engine_by_ear(model, "accompany", meter=m.meter)
+    beats_seen = {}
+    listening = engine.listening
+
+    class Watch:  # the model's place in its bar at each step (its beats)
+        def heard(self, t, msg):
+            pass
+
+        def stepped(self, k):
+            beats_seen[k] = engine.generator.bar_position() % engine.generator.beat_steps == 0
+
+    listening.watch = Watch()
+    end = play_to(clock, listener, played)
+    result = engine.run(end)
+    assert tempo.locked and tempo.locks == 1, said
+    ks = np.array(sorted(timing.dues))
+    dues = np.array([timing.dues[k] for k in ks])
+    assert np.all(np.diff(dues) > 0)  # smooth: never a step backwards
+    beat = 6 if str(m.meter) == "6/8" else 4
+    player_beats = t0 + played_time(np.arange(m.first_bar % beat, 10 * m.bar_steps + m.first_bar + 1, beat), bpm,
+                                    0.10, over, begin)
+    drifting = t0 + played_time(begin, bpm, 0.10, over, begin)
+    on_beat = []
+    for t in own_onsets(result):
+        i = int(np.argmin(np.abs(dues - t)))
+        if drifting <= t <= end and abs(dues[i] - t) < 1e-3 and beats_seen.get(int(ks[i])):
+            on_beat.append(np.min(np.abs(player_beats - t)))
+    assert len(on_beat) >= 8
+    assert np.mean(np.array(on_beat) <= 0.040) >= 0.8, np.round(on_beat, 3)
+    # At the end it plays at the player's new tempo (10% faster), not at its starting 100.
+    last_step = dues[-1] - dues[-2]
+    assert 60 / last_step / 4 == pytest.approx(bpm * 1.1, rel=0.03) or 60 / last_step / 4 == pytest.approx(
+        bpm * 0.55, rel=0.03)
+
+
+def test_a_player_who_never_plays_respond_waits_and_accompany_plays_at_the_starting_tempo(model):
+    engine, *_ = engine_by_ear(model, "respond")
+    assert own_onsets(engine.run(8.0)).size == 0
+    engine, _, _, tempo, said, timing = engine_by_ear(model, "accompany")
+    own = own_onsets(engine.run(8.0))
+    assert own.size > 10 and not said and not tempo.locked
+    steps = (own - own[0]) / 0.15  # on the 100-bpm grid
+    assert np.abs(steps - np.round(steps)).max() < 1e-3
+
+
+def test_bpm_auto_on_the_command_line(tmp_path):
+    for args in (["record", tmp_path / "a.mid", "--bpm", "auto", "--input", "virtual", "--sync", "clock"],
+                 ["record", tmp_path / "a.mid", "--bpm", "auto"],
+                 ["generate", tmp_path / "a.mid", "--bpm", "auto"],
+                 ["generate", tmp_path / "a.mid", "--bpm", "fast"]):
+        r = cli(*args)
+        assert r.exit_code != 0
+        line = one_line_error(r)
+        assert "--bpm" in line, line
+    assert "choose one" in one_line_error(cli("record", tmp_path / "a.mid", "--bpm", "auto", "--input", "virtual",
+                                              "--sync", "clock"))
+
+
+def test_accompany_bpm_auto_takes_the_melody_files_tempo_from_its_notes(tmp_path):
+    from improviser.music.encoding import TimedNote, write_midi
+
+    rng = np.random.default_rng(5)
+    tune = [67, 71, 74, 71, 72, 76, 74, 71, 69, 72, 71, 67, 66, 69, 67, 67] * 2
+    beat = 60 / 88
+    times = np.cumsum([0] + [beat / 2 if i % 4 == 1 else beat for i in range(len(tune) - 1)])
+    path = tmp_path / "tune.mid"
+    write_midi(path, {"tune": [TimedNote(p, t, t + 0.4 * beat, int(rng.integers(60, 100)))
+                               for p, t in zip(tune, times)]}, bpm=88)
+    out = tmp_path / "out.mid"
+    r = cli("accompany", path, out, "--bpm", "auto", "--mode", "respond", "--seed", 1)
+    assert r.exit_code == 0, r.output
+    assert "took the tempo from your playing: 88.0 bpm" in r.output
