@@ -300,6 +300,7 @@ FOLLOW_WINDOW = 32  # steps: the player's onsets the follower fits a line throug
 FOLLOW_HALF_LIFE = 12.0  # ...each weighing half as much every this many steps back
 PHASE_STEP = 0.1  # of a step: the most the grid moves per step to meet the player (smooth, never backwards)
 TEMPO_STEP = 0.02  # the most the step's length changes per step
+METER_STEPS = 256  # steps of onsets the meter is guessed again from while following (the last 16 bars of 4/4)
 
 
 class PlayerTempo:
@@ -325,9 +326,14 @@ class PlayerTempo:
         self.taken: BeatEstimate | None = None  # the last tempo taken
         self.line: str | None = None  # what was said of it
         self.locked = False  # accompanying: following the player's beat
+        self.meter_guessed = meter is None
+        self.regroups = 0  # times the meter or the bar line was guessed again while following
         self.locks = 0  # times it locked (found the beat again after losing it)
         self._pairs: collections.deque = collections.deque(maxlen=4 * FOLLOW_WINDOW)  # (grid step, onset)
-        self._new: list[float] = []  # onsets heard since the last ``follow``
+        # (grid step, velocity) of the onsets on the grid followed, for the meter (``_regroup``)
+        self._accents: collections.deque = collections.deque(maxlen=METER_STEPS)
+        self._new: list[tuple[float, int]] = []  # (onset, velocity) heard since the last ``follow``
+        self._guess: tuple | None = None  # the meter and bar line guessed at the last bar, awaiting a second
         self._last_onset = -math.inf
         self._misses = 0
         self._since = -math.inf  # notes before this are not used to lock again
@@ -346,7 +352,7 @@ class PlayerTempo:
             if len(self.notes) > 8 * RECENT_ONSETS:
                 del self.notes[: len(self.notes) - 8 * RECENT_ONSETS]
             if t - self._last_onset >= CHORD_SECONDS:
-                self._new.append(t)
+                self._new.append((t, msg.velocity))
                 self._last_onset = t
         elif msg.type in ("note_on", "note_off"):
             note = self._held.pop(key, None)
@@ -367,6 +373,7 @@ class PlayerTempo:
         self._held.clear()
         self._estimated = (-1, None)
         self._pairs.clear()
+        self._accents.clear()
         self._new.clear()
         self.locked = False
         self._misses = 0
@@ -448,11 +455,13 @@ class PlayerTempo:
         if not self.locked:
             self._lock(k, now, timing, generator, lead)
             return
-        for t in onsets:
+        for t, velocity in onsets:
             x = timing.index_at(t)
             j = round(x)
             if abs(x - j) <= ON_GRID:
                 self._pairs.append((j, t))
+                if not self._accents or j > self._accents[-1][0]:
+                    self._accents.append((j, velocity))
                 self._misses = 0
             else:
                 self._misses += 1
@@ -461,8 +470,11 @@ class PlayerTempo:
         if self._misses >= LOST_AFTER:  # off the grid: find the beat again from the notes since the first miss
             self.locked = False
             self._pairs.clear()
+            self._accents.clear()
             self._misses = 0
             return
+        if onsets and self.meter_guessed:
+            self._regroup(k, generator)
         recent = [(j, t) for j, t in self._pairs if j >= k - FOLLOW_WINDOW]
         if len(recent) < 3 or recent[-1][0] - recent[0][0] < 4:
             return
@@ -492,10 +504,37 @@ class PlayerTempo:
         # The model's bar on the player's: step k + 1 at the place in the bar the player's step n has.
         generator.set_meter(est.meter, (est.bar_position(n) - generator.step_index - 1) % bar)
         timing.retime(k + 1, est.time_of(n), s)
-        for onset in _merge(notes)[0]:
+        times, vels, _ = _merge(notes)
+        for onset, velocity in zip(times, vels):
             m = round(est.index(onset))
             if abs(est.index(onset) - m) <= ON_GRID:
                 self._pairs.append((k + 1 + m - n, float(onset)))
+                self._accents.append((k + 1 + m - n, int(velocity)))
+        self.meter_guessed = est.meter_guessed
+        self._guess = None
         self.locked = True
         self.locks += 1
         self._took(est)
+
+    def _regroup(self, k: int, generator) -> None:
+        """Following, the meter and bar line guessed again from every onset on the grid since the lock (far more
+        than the lock had): when two guesses in a row say the model's bars are elsewhere, its bars move there
+        (the grid's time does not: only which of its steps are beats and bar lines)."""
+        if len(self._accents) < LOCK_ONSETS:
+            return
+        j = np.array([a[0] for a in self._accents])
+        vels = np.array([a[1] for a in self._accents], float)
+        length = np.append(np.diff(j), STEPS_PER_BEAT).astype(float)
+        spread = vels.std()
+        weight = np.log2(1 + np.clip(length, 0.5, 16)) + 0.25 * ((vels - vels.mean()) / spread if spread > 0 else 0)
+        meter, bar_line = _metre(j - j[0], weight, None)
+        bar = meter.bar_steps(STEPS_PER_BEAT)
+        guess = (meter, (j[0] + bar_line) % bar)  # the meter, and a grid step on a bar line (mod the bar)
+        if guess != self._guess:
+            self._guess = guess
+            return
+        place = (k - guess[1]) % bar  # where step k falls in the bar guessed
+        if generator.meter == meter and generator.bar_position() == place:
+            return
+        generator.set_meter(meter, (place - generator.step_index) % bar)
+        self.regroups += 1
