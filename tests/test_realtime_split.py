@@ -23,12 +23,22 @@ pytestmark = pytest.mark.jack
 
 
 def worker_of(pid: int) -> int:
-    """The pid of the one child process of ``pid`` (the worker), once it is there."""
+    """The pid of the child process of ``pid`` that runs ``improviser worker``, once it is there. (Not just its one
+    child: loading a library can run a short-lived helper, ``ldconfig`` for ctypes, which would be taken for the
+    worker and be gone by the time it is signalled -- seen in a full run: ProcessLookupError on SIGSTOP.)"""
     found: list[int] = []
+
+    def is_worker(child: int) -> bool:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"improviser" in argv and b"worker" in argv
 
     def child() -> bool:
         path = Path(f"/proc/{pid}/task/{pid}/children")
-        found[:] = [int(p) for p in path.read_text().split()] if path.exists() else []
+        kids = [int(p) for p in path.read_text().split()] if path.exists() else []
+        found[:] = [c for c in kids if is_worker(c)]
         return len(found) == 1
 
     wait_for(child, 20, "the worker process")
