@@ -1159,7 +1159,8 @@ def _record(out: Path, seconds: float, live: LiveOptions) -> None:
             parts.face.session_written(out, result.sessions[-1])
     session = result.sessions[-1]
     stopped = " (stopped early)" if result.interrupted else ""
-    typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:g} bpm; "
+    bpm = result.file_bpm or bpm
+    typer.echo(f"wrote {out}: {session.length:.1f} s{stopped}, {len(session.notes())} notes at {bpm:.4g} bpm; "
                f"{_timing_line(result)}", err=True)
 
 

@@ -204,3 +204,24 @@ def test_accompany_bpm_auto_takes_the_melody_files_tempo_from_its_notes(tmp_path
     r = cli("accompany", path, out, "--bpm", "auto", "--mode", "respond", "--seed", 1)
     assert r.exit_code == 0, r.output
     assert "took the tempo from your playing: 88.0 bpm" in r.output
+
+
+def test_record_writes_its_file_in_the_tempo_and_meter_taken(model, tunes, tmp_path):
+    from improviser.live.engine import record
+
+    m = tunes[0]
+    played = perform(m.phrase(4).notes(), 72.0, np.random.default_rng(2), start=1.1)
+    clock = VirtualClock()
+    listener = InputListener(now=clock.now)
+    tempo = PlayerTempo()
+    listening = Listening(listener, mode="respond", just_in_time=True, tempo=tempo)
+    end = play_to(clock, listener, played)
+    result = record(StreamingGenerator(model, 0.9, 1, seed=1), tmp_path / "take.mid", end + 8, 100, clock=clock,
+                    listening=listening, lookahead=0)
+    assert tempo.taken is not None and result.file_bpm == pytest.approx(tempo.taken.bpm)
+    f = mido.MidiFile(tmp_path / "take.mid")
+    tempos = [msg.tempo for track in f.tracks for msg in track if msg.type == "set_tempo"]
+    signatures = [(msg.numerator, msg.denominator) for track in f.tracks for msg in track
+                  if msg.type == "time_signature"]
+    assert tempos and mido.tempo2bpm(tempos[0]) == pytest.approx(tempo.taken.bpm, rel=1e-3)
+    assert signatures[0] == (tempo.taken.meter.numerator, tempo.taken.meter.denominator)

@@ -65,7 +65,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -116,6 +116,7 @@ class LiveResult:
     # Messages a port that places them in time wrote after their time (None: the port sends at once).
     port_late: int | None = None
     xruns: int | None = None  # cycles JACK reported late while playing (None: a port that does not count them)
+    file_bpm: float | None = None  # the tempo ``record`` wrote its file at (--bpm auto: the player's)
 
     @property
     def n_notes(self) -> int:
@@ -480,6 +481,12 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
     with stop_on_signals(engine.stop):
         result = engine.run(seconds)
     session = result.sessions[-1]
+    taken = getattr(getattr(listening, "tempo", None), "taken", None)
+    if taken is not None:  # --bpm auto: the file in the player's tempo and meter, its bars on the player's
+        bar = taken.meter.bar_steps(generator.cfg.steps_per_beat) * taken.step_seconds
+        session = replace(session, meter=taken.meter, bar_line=(taken.bar_time - session.start) % bar)
+        bpm = taken.bpm
+    result.file_bpm = bpm
     result.paths.append(session.write(out, bpm))
     result.n_written = 1
     return result
