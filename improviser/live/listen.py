@@ -29,6 +29,13 @@ Modes: ``respond`` listens while the player plays and answers after
 ``respond_after`` beats without a note from the player (and without a held
 note), continuing from the primed state; ``accompany`` always plays.
 
+``--bpm auto`` (``tempo``, a ``tempo.PlayerTempo``): the tempo is the player's. Responding, the model does
+not step while a phrase is played (the engine sends silent steps); when the phrase has ended (``respond_after``
+beats of its own tempo without a note) the phrase's grid is taken, the model hears the phrase on it, and the
+engine's grid (``TempoGrid.retime``) moves so the answer starts on a beat of that grid continued. Accompanying,
+it plays at the starting tempo until it locks onto the player's beat, then follows it step by step. Tempo
+controls are then ignored (and counted), as under a MIDI clock.
+
 Shared state, and who owns it:
 - the input queue: input thread -> producer (``queue.Queue``, bounded);
 - ``InputListener.panics``, ``note_ons``, ``counts``: written by the input thread only
