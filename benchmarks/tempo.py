@@ -190,61 +190,13 @@ def part_accompany(model, tunes, setting: str) -> dict:
 
 # ---- live, through JACK -----------------------------------------------------------------------------------
 
-class Stage:
-    """One JACK client: ``player`` writes scheduled messages each on its own frame, ``monitor`` keeps what arrives
-    with its frame (both on JACK's frame clock); xruns counted."""
-
-    def __init__(self):
-        import jack
-
-        self.client = jack.Client(f"stage{zlib.crc32(str(time.time()).encode()) % 10**6}", no_start_server=True)
-        self.player = self.client.midi_outports.register("player")
-        self.monitor = self.client.midi_inports.register("monitor")
-        self.schedule: list[tuple[int, bytes]] = []  # (frame, message), sorted; set before its frames come
-        self._next = 0
-        self.heard: list[tuple[int, bytes]] = []  # appended by the process callback
-        self.late = 0
-        self.xruns = 0
-        self.client.set_process_callback(self._process)
-        self.client.set_xrun_callback(lambda usecs: setattr(self, "xruns", self.xruns + 1))
-        self.client.activate()
-
-    @property
-    def name(self) -> str:
-        return self.client.name
-
-    def _process(self, frames: int) -> None:
-        start = self.client.last_frame_time
-        self.player.clear_buffer()
-        while self._next < len(self.schedule) and self.schedule[self._next][0] < start + frames:
-            frame, data = self.schedule[self._next]
-            if frame < start:
-                self.late += 1
-            self.player.write_midi_event(max(0, frame - start), data)
-            self._next += 1
-        for offset, data in self.monitor.incoming_midi_events():
-            self.heard.append((start + offset, bytes(data)))
-
-    def play(self, played, start_frame: int, rate: int) -> None:
-        events = []
-        for n in played:
-            events.append((start_frame + round(n.onset * rate), bytes([0x90, n.pitch, n.velocity])))
-            events.append((start_frame + round(n.off * rate), bytes([0x80, n.pitch, 0])))
-        self._next = 0
-        self.schedule = sorted(events)
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
 def live_respond(tunes, checkpoint: str | None) -> None:
     """Each tune's phrase into ``improviser record --bpm auto --mode respond`` on JACK; the respond figures at the
     monitor port, on JACK's frames."""
     import re
     import tempfile
 
-    from improviser.testing import RATE, Run, jack_server
+    from improviser.testing import RATE, Run, Stage, jack_server
 
     r = {"near": 0, "onsets": 0, "first": 0, "answered": 0, "late": 0, "xruns": 0, "taken": 0}
     with jack_server("improviser-tempo", period=LIVE_PERIOD) as _, tempfile.TemporaryDirectory() as folder:

@@ -14,7 +14,8 @@ goes through JACK (Debian package ``jackd2``), with the dummy driver::
 - ``jack_server`` starts a uniquely named ``jackd -S -d dummy`` and raises ``JackUnavailable`` (one line
   that says what to do) when jackd is missing or does not start; the tests' fixture (tests/conftest.py)
   skips on it locally and fails in CI, a benchmark prints it and exits.
-- ``Monitor``, ``improviser``, ``Run``, ``finish``, ``wait_for``: ports and processes.
+- ``Monitor``, ``improviser``, ``Run``, ``finish``, ``wait_for``: ports and processes; ``Stage``: a JACK client
+  that plays a performance with each message on its frame and keeps what comes back with its frame.
 - ``monitor_notes``, ``file_notes``, ``assert_all_notes_off_sent_last``, ``grid_residuals``: what was
   played, what was saved, how far off the grid.
 - ``flood``/``start_flood``: a process flooding a JACK port with junk; ``soak``: ``improviser play`` under
@@ -279,6 +280,55 @@ class Run:
         if self.proc.returncode != 0:
             raise AssertionError(f"the improviser exited with code {self.proc.returncode}:\n{err[-2000:]}")
         return err
+
+
+class Stage:
+    """One JACK client: ``player`` writes scheduled messages each on its own frame, ``monitor`` keeps what arrives
+    with its frame (both on JACK's frame clock); xruns counted."""
+
+    def __init__(self):
+        import jack
+
+        self.client = jack.Client(f"stage{uuid.uuid4().hex[:6]}", no_start_server=True)
+        self.player = self.client.midi_outports.register("player")
+        self.monitor = self.client.midi_inports.register("monitor")
+        self.schedule: list[tuple[int, bytes]] = []  # (frame, message), sorted; set before its frames come
+        self._next = 0
+        self.heard: list[tuple[int, bytes]] = []  # appended by the process callback
+        self.late = 0
+        self.xruns = 0
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(lambda usecs: setattr(self, "xruns", self.xruns + 1))
+        self.client.activate()
+
+    @property
+    def name(self) -> str:
+        return self.client.name
+
+    def _process(self, frames: int) -> None:
+        start = self.client.last_frame_time
+        self.player.clear_buffer()
+        while self._next < len(self.schedule) and self.schedule[self._next][0] < start + frames:
+            frame, data = self.schedule[self._next]
+            if frame < start:
+                self.late += 1
+            self.player.write_midi_event(max(0, frame - start), data)
+            self._next += 1
+        for offset, data in self.monitor.incoming_midi_events():
+            self.heard.append((start + offset, bytes(data)))
+
+    def play(self, played, start_frame: int, rate: int = RATE) -> None:
+        """``played`` (``tempo.Note``s, times in seconds) from ``start_frame`` on, each message on its frame."""
+        events = []
+        for n in played:
+            events.append((start_frame + round(n.onset * rate), bytes([0x90, n.pitch, n.velocity])))
+            events.append((start_frame + round(n.off * rate), bytes([0x80, n.pitch, 0])))
+        self._next = 0
+        self.schedule = sorted(events)
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
 
 
 def input_port() -> str:

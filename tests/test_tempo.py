@@ -225,3 +225,48 @@ def test_record_writes_its_file_in_the_tempo_and_meter_taken(model, tunes, tmp_p
                   if msg.type == "time_signature"]
     assert tempos and mido.tempo2bpm(tempos[0]) == pytest.approx(tempo.taken.bpm, rel=1e-3)
     assert signatures[0] == (tempo.taken.meter.numerator, tempo.taken.meter.denominator)
+
+
+@pytest.mark.jack
+def test_record_bpm_auto_on_jack_answers_a_phrase_at_its_tempo_on_its_beat(jack_server, tunes, tmp_path):
+    """The command a user runs, on a real JACK server: the phrase written on its frames by a JACK client, the
+    answer taken at that client with its frames."""
+    import re
+    import time
+
+    from improviser.testing import RATE, Run, Stage, file_notes
+
+    m = tunes[1]
+    bpm = 84.0
+    played = perform(m.phrase(4).notes(), bpm, np.random.default_rng(11), start=1.0)
+    end = max(n.off for n in played)
+    step = 60 / bpm / 4
+    stage = Stage()
+    try:
+        out = tmp_path / "take.mid"
+        run = Run("record", str(out), "--seconds", f"{end + 8 * m.bar_steps * step + 6:.1f}", "--api", "jack",
+                  "--input", f"{stage.name}:player", "--output", f"{stage.name}:monitor", "--bpm", "auto",
+                  "--mode", "respond", "--seed", "1")
+        run.wait_for("playing into")
+        time.sleep(0.5)
+        stage.heard.clear()
+        base = stage.client.frame_time
+        stage.play(played, base)
+        err = run.finish(timeout=120)
+    finally:
+        stage.close()
+    said = re.findall(r"took the tempo from your playing: ([0-9.]+) bpm", err)
+    assert len(said) == 1, err
+    taken = float(said[0])
+    assert taken == pytest.approx(bpm, rel=0.01) or taken == pytest.approx(bpm / 2, rel=0.01), err
+    ons = np.array(sorted({(f - base) / RATE for f, d in stage.heard if d[0] & 0xF0 == 0x90 and d[2]}))
+    assert ons.size and ons[0] > end, "it played while the phrase was played"
+    answer = ons[ons < ons[0] + 4 * m.bar_steps * step]
+    x = (answer - 1.0) / step
+    assert answer.size >= 8 and np.mean(np.abs(x - np.round(x)) * step <= 0.020) >= 0.9, np.round(x, 2)
+    beat = 6 if m.meter.compound else 4
+    first = x[0] - m.first_bar
+    assert abs(first / beat - round(first / beat)) * beat * step <= 0.020
+    wrote = re.findall(r"wrote .* notes at ([0-9.]+) bpm", err)  # its file is in the tempo taken
+    assert wrote and float(wrote[0]) == pytest.approx(taken, abs=0.1), err
+    assert file_notes(out)[0], "the file holds the answer"
