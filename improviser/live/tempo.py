@@ -50,7 +50,12 @@ TOLERANCE_SHARE = 0.3  # ...and at most this share of the spacing
 SLOWEST_BPM = 60.0  # the slowest tempo read from a phrase whose level is ambiguous (see step 3)
 FASTEST_BPM = 240.0
 MIN_ONSETS = 4  # fewer than this: no estimate
-METER_MARGIN = 0.1  # how much closer than 4/4's another meter's template must follow the weights to be chosen
+METER_MARGIN = 0.02  # how much higher than 4/4's another meter's score (``_metre``) must be for it to be chosen
+SYNC_WEIGHT = 2.0  # the score a reading loses per unit of syncopation per onset (``_syncopation``)
+ACCENT_WEIGHT = 0.8  # weight a melodic accent adds to an onset: a turn of the contour, or the note after a leap...
+LEAP = 3  # ...of at least this many semitones
+END_BONUS = 0.4  # a reading whose bar line falls where the phrase ends (its last note's end, to a 16th)...
+START_BONUS = 0.25  # ...or that starts it on a bar line or an upbeat of at most half a bar, scores this much more
 
 
 @dataclass(frozen=True)
@@ -107,20 +112,23 @@ class BeatEstimate:
         return f"{self.bpm:.1f} bpm, {self.meter}{' (guessed)' if self.meter_guessed else ''}"
 
 
-def _merge(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Onset times (sorted, chords merged), their loudest velocity, and their note-offs (nan: unknown)."""
+def _merge(notes: Sequence[Note]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Onset times (sorted, chords merged), their loudest velocity, their note-offs (nan: unknown) and their
+    highest pitch."""
     notes = sorted(notes, key=lambda n: n.onset)
-    times, vels, offs = [], [], []
+    times, vels, offs, pitches = [], [], [], []
     for n in notes:
         off = np.nan if n.off is None else n.off
         if times and n.onset - times[-1] < CHORD_SECONDS:
             vels[-1] = max(vels[-1], n.velocity)
             offs[-1] = np.nanmax([offs[-1], off]) if not (np.isnan(offs[-1]) and np.isnan(off)) else np.nan
+            pitches[-1] = max(pitches[-1], n.pitch)
             continue
         times.append(n.onset)
         vels.append(n.velocity)
         offs.append(off)
-    return np.array(times, float), np.array(vels, float), np.array(offs, float)
+        pitches.append(n.pitch)
+    return np.array(times, float), np.array(vels, float), np.array(offs, float), np.array(pitches, float)
 
 
 def _fit(times: np.ndarray, spacing: float) -> tuple[float, float, np.ndarray, float] | None:
@@ -163,13 +171,14 @@ def tatum(times: np.ndarray) -> tuple[float, float, np.ndarray, float] | None:
 
 
 def estimate_beat(notes: Sequence[Note], meter: Meter | None = None, slowest: float = SLOWEST_BPM,
-                  fallback_bpm: float | None = None) -> BeatEstimate | None:
+                  ended: bool = True) -> BeatEstimate | None:
     """The 16th grid a phrase was played on (module docstring), or None with fewer than ``MIN_ONSETS`` onsets
     (or none that keep to any grid).
 
     meter: the meter, if the player said (``--meter``); else guessed. slowest: see ``SLOWEST_BPM``.
+    ended: the notes are a whole phrase (its end tells where a bar ends); False: the player plays on.
     """
-    times, vels, offs = _merge(notes)
+    times, vels, offs, pitches = _merge(notes)
     if len(times) < MIN_ONSETS:
         return None
     got = tatum(times)
@@ -189,23 +198,42 @@ def estimate_beat(notes: Sequence[Note], meter: Meter | None = None, slowest: fl
             per //= 2
     step = spacing / per
     steps = index * per  # each onset's 16th, from the first
-    weight = _weights(times, vels, offs, step)
+    weight = _weights(times, vels, offs, step, pitches)
     guessed = meter is None
-    meter, bar_line = _metre(steps, weight, meter)
+    end = int(steps[-1] + max(1, round(float(_lengths(times, offs, step)[-1]))))  # where the phrase ends, in 16ths
+    meter, bar_line = _metre(steps, weight, meter, end if ended else None)
     beat_time = phase + (bar_line % STEPS_PER_BEAT) * step  # a beat: the bar line, or a beat from it
     bar_time = phase + bar_line * step
     return BeatEstimate(step, beat_time, meter, bar_time, share, len(times), guessed)
 
 
-def _weights(times: np.ndarray, vels: np.ndarray, offs: np.ndarray, step: float) -> np.ndarray:
-    """How strongly each onset marks its place: how long it lasts in steps (to the next onset; the last one to
-    its note-off, else a beat), on a log scale, and how loud it is against the phrase."""
+def _lengths(times: np.ndarray, offs: np.ndarray, step: float) -> np.ndarray:
+    """How long each onset lasts, in steps: to the next onset; the last one to its note-off, else a beat."""
     last = offs[-1] if not np.isnan(offs[-1]) else times[-1] + STEPS_PER_BEAT * step
-    length = np.diff(np.append(times, max(last, times[-1] + step)))
-    length_steps = np.clip(length / step, 0.5, 16)
+    return np.diff(np.append(times, max(last, times[-1] + step))) / step
+
+
+def _accents(pitches: np.ndarray) -> np.ndarray:
+    """Melodic accents: 1 for a turn of the contour (a note higher or lower than both its neighbours), 1 for a
+    note reached by a leap of at least ``LEAP`` semitones (so 0, 1 or 2 each)."""
+    step = np.diff(pitches)
+    into = np.concatenate([[0.0], step])  # the interval into each note
+    out = np.concatenate([step, [0.0]])  # ...and out of it
+    return (into * out < 0).astype(float) + (np.abs(into) >= LEAP)
+
+
+def _weights(times: np.ndarray, vels: np.ndarray, offs: np.ndarray, step: float,
+             pitches: np.ndarray | None = None) -> np.ndarray:
+    """How strongly each onset marks its place: how long it lasts in steps (to the next onset; the last one to
+    its note-off, else a beat), on a log scale, how loud it is against the phrase, and (given the pitches)
+    whether the melody accents it (``_accents``)."""
+    length_steps = np.clip(_lengths(times, offs, step), 0.5, 16)
     spread = vels.std() if len(vels) > 1 else 0.0
     loud = (vels - vels.mean()) / spread if spread > 0 else np.zeros_like(vels)
-    return np.log2(1 + length_steps) + 0.25 * loud
+    w = np.log2(1 + length_steps) + 0.25 * loud
+    if pitches is not None and len(pitches) == len(times):
+        w = w + ACCENT_WEIGHT * _accents(pitches)
+    return w
 
 
 CANDIDATE_METERS = (Meter(4, 4), Meter(3, 4), Meter(2, 4), Meter(6, 8))
@@ -226,11 +254,37 @@ def template(meter: Meter) -> np.ndarray:
     return level
 
 
-def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None) -> tuple[Meter, int]:
+def _syncopation(steps: np.ndarray, ends: np.ndarray, level: np.ndarray, offset: int) -> float:
+    """How much the notes go against a reading (Longuet-Higgins & Lee): for each note (from ``steps`` to ``ends``,
+    in 16ths) that sounds through a place stronger (``level``, a bar of ``template`` with its bar line at
+    ``offset``) than the one it starts on, the difference."""
+    bar = len(level)
+    total = 0.0
+    for s, e in zip(steps, ends):
+        if e - s > 1:
+            inside = level[(np.arange(s + 1, min(e, s + bar + 1)) - offset) % bar].max()
+            total += max(0.0, inside - level[(s - offset) % bar])
+    return total
+
+
+def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
+           end: int | None = None) -> tuple[Meter, int]:
     """The meter (``meter`` if given, else the best of ``CANDIDATE_METERS``) and the 16th of the phrase, counted
-    from its first onset, on which a bar line falls: where the weight of the onsets (zero where there is none)
-    follows the meter's ``template`` most closely (a correlation, so bar lengths compare fairly)."""
+    from its first onset, on which a bar line falls. Each reading (a meter, a bar line) scores:
+
+    - how closely the weight of the onsets (zero where there is none) follows the meter's ``template`` (a
+      correlation, so bar lengths compare fairly);
+    - less ``SYNC_WEIGHT`` times its syncopation per onset (long notes start on strong places: a jig's
+      quarter-eighth pattern goes against 4/4, a 3/4 tune's dotted half against 4/4's half bar);
+    - plus ``END_BONUS`` if a bar line falls where the phrase ends (``end``: its last note's end, or up to a
+      16th after it, as a player lets go early; None: the notes go on, no bonus), and ``START_BONUS`` if its
+      first onset is on a bar line or an upbeat of at most half a bar.
+
+    The best reading wins; another meter than 4/4 must beat 4/4's best by ``METER_MARGIN``."""
+    steps = np.asarray(steps).astype(int)
     span = int(steps.max()) + 1
+    last = int(steps[-1]) + STEPS_PER_BEAT if end is None else int(end)
+    ends = np.append(steps[1:], max(last, int(steps[-1]) + 1))
     x = np.zeros(span)
     np.add.at(x, steps, weight)
     scores = {}
@@ -242,14 +296,21 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None) -> tuple[
             if np.std(y) == 0 or np.std(x) == 0:
                 continue
             r = float(np.corrcoef(x, y)[0, 1])
+            r -= SYNC_WEIGHT * _syncopation(steps, ends, t, o) / len(steps)
+            if end is not None and (end - o) % bar in (0, bar - 1):
+                r += END_BONUS
+            first = (-o) % bar  # the first onset's place in its bar
+            if first == 0 or bar - first <= bar // 2:
+                r += START_BONUS
             if r > scores.get(m, (-np.inf,))[0] + 1e-12:
                 scores[m] = (r, o)
     if meter is not None:
         return meter, scores.get(meter, (0.0, 0))[1]
+    if not scores:
+        return Meter(4, 4), 0
     common = scores.get(Meter(4, 4), (-np.inf, 0))
     m = max(scores, key=lambda k: scores[k][0])  # (the first of CANDIDATE_METERS on a tie)
-    r = scores[m][0]
-    if r - common[0] < METER_MARGIN:
+    if scores[m][0] - common[0] < METER_MARGIN:
         return Meter(4, 4), common[1]  # 4/4 unless another meter fits clearly better
     return m, scores[m][1]
 
@@ -330,9 +391,9 @@ class PlayerTempo:
         self.regroups = 0  # times the meter or the bar line was guessed again while following
         self.locks = 0  # times it locked (found the beat again after losing it)
         self._pairs: collections.deque = collections.deque(maxlen=4 * FOLLOW_WINDOW)  # (grid step, onset)
-        # (grid step, velocity) of the onsets on the grid followed, for the meter (``_regroup``)
+        # (grid step, velocity, pitch) of the onsets on the grid followed, for the meter (``_regroup``)
         self._accents: collections.deque = collections.deque(maxlen=METER_STEPS)
-        self._new: list[tuple[float, int]] = []  # (onset, velocity) heard since the last ``follow``
+        self._new: list[tuple[float, int, int]] = []  # (onset, velocity, pitch) heard since the last ``follow``
         self._guess: tuple | None = None  # the meter and bar line guessed at the last bar, awaiting a second
         self._last_onset = -math.inf
         self._misses = 0
@@ -352,7 +413,7 @@ class PlayerTempo:
             if len(self.notes) > 8 * RECENT_ONSETS:
                 del self.notes[: len(self.notes) - 8 * RECENT_ONSETS]
             if t - self._last_onset >= CHORD_SECONDS:
-                self._new.append((t, msg.velocity))
+                self._new.append((t, msg.velocity, msg.note))
                 self._last_onset = t
         elif msg.type in ("note_on", "note_off"):
             note = self._held.pop(key, None)
@@ -455,13 +516,13 @@ class PlayerTempo:
         if not self.locked:
             self._lock(k, now, timing, generator, lead)
             return
-        for t, velocity in onsets:
+        for t, velocity, pitch in onsets:
             x = timing.index_at(t)
             j = round(x)
             if abs(x - j) <= ON_GRID:
                 self._pairs.append((j, t))
                 if not self._accents or j > self._accents[-1][0]:
-                    self._accents.append((j, velocity))
+                    self._accents.append((j, velocity, pitch))
                 self._misses = 0
             else:
                 self._misses += 1
@@ -495,7 +556,7 @@ class PlayerTempo:
         notes = self._as_notes(self._since)
         if len({round(n.onset, 3) for n in notes}) < LOCK_ONSETS:
             return
-        est = estimate_beat(notes, self.meter)
+        est = estimate_beat(notes, self.meter, ended=False)
         if est is None or (max(n.onset for n in notes) - min(n.onset for n in notes)) < LOCK_BEATS * 60.0 / est.bpm:
             return
         s = est.step_seconds
@@ -504,12 +565,12 @@ class PlayerTempo:
         # The model's bar on the player's: step k + 1 at the place in the bar the player's step n has.
         generator.set_meter(est.meter, (est.bar_position(n) - generator.step_index - 1) % bar)
         timing.retime(k + 1, est.time_of(n), s)
-        times, vels, _ = _merge(notes)
-        for onset, velocity in zip(times, vels):
+        times, vels, _, pitches = _merge(notes)
+        for onset, velocity, pitch in zip(times, vels, pitches):
             m = round(est.index(onset))
             if abs(est.index(onset) - m) <= ON_GRID:
                 self._pairs.append((k + 1 + m - n, float(onset)))
-                self._accents.append((k + 1 + m - n, int(velocity)))
+                self._accents.append((k + 1 + m - n, int(velocity), int(pitch)))
         self.meter_guessed = est.meter_guessed
         self._guess = None
         self.locked = True
@@ -524,9 +585,11 @@ class PlayerTempo:
             return
         j = np.array([a[0] for a in self._accents])
         vels = np.array([a[1] for a in self._accents], float)
+        pitches = np.array([a[2] for a in self._accents], float)
         length = np.append(np.diff(j), STEPS_PER_BEAT).astype(float)
         spread = vels.std()
-        weight = np.log2(1 + np.clip(length, 0.5, 16)) + 0.25 * ((vels - vels.mean()) / spread if spread > 0 else 0)
+        weight = (np.log2(1 + np.clip(length, 0.5, 16)) + 0.25 * ((vels - vels.mean()) / spread if spread > 0 else 0)
+                  + ACCENT_WEIGHT * _accents(pitches))
         meter, bar_line = _metre(j - j[0], weight, None)
         bar = meter.bar_steps(STEPS_PER_BEAT)
         guess = (meter, (j[0] + bar_line) % bar)  # the meter, and a grid step on a bar line (mod the bar)
