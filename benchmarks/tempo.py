@@ -196,10 +196,11 @@ def live_respond(tunes, checkpoint: str | None) -> None:
     import re
     import tempfile
 
-    from improviser.testing import RATE, Run, Stage, jack_server
+    from improviser.testing import RATE, Run, Stage, realtime_jack_server
 
     r = {"near": 0, "onsets": 0, "first": 0, "answered": 0, "late": 0, "xruns": 0, "taken": 0}
-    with jack_server("improviser-tempo", period=LIVE_PERIOD) as _, tempfile.TemporaryDirectory() as folder:
+    with realtime_jack_server("improviser-tempo", period=LIVE_PERIOD) as (_, realtime), \
+            tempfile.TemporaryDirectory() as folder:
         stage = Stage()
         try:
             for m in tunes:
@@ -230,7 +231,7 @@ def live_respond(tunes, checkpoint: str | None) -> None:
             r["late"] = stage.late
         finally:
             stage.close()
-    print(f"live on JACK, {len(tunes)} phrases through `improviser record --api jack --bpm auto --mode respond`: "
+    print(f"live on JACK ({'real-time' if realtime else 'not real-time'}, {LIVE_PERIOD} frames), {len(tunes)} phrases through `improviser record --api jack --bpm auto --mode respond`: "
           f"answer onsets within 20 ms of the phrase's grid continued {share(r['near'], r['onsets'])}; first note "
           f"on a beat {share(r['first'], r['answered'])}; a tempo said for {r['taken']}; player messages written "
           f"late {r['late']}; xruns {r['xruns']}")
