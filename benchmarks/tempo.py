@@ -231,7 +231,9 @@ def live_respond(tunes, checkpoint: str | None) -> None:
             r["late"] = stage.late
         finally:
             stage.close()
-    print(f"live on JACK ({'real-time' if realtime else 'not real-time'}, {LIVE_PERIOD} frames), {len(tunes)} phrases through `improviser record --api jack --bpm auto --mode respond`: "
+    server = f"{'real-time' if realtime else 'not real-time'}, {LIVE_PERIOD} frames"
+    command = "`improviser record --api jack --bpm auto --mode respond`"
+    print(f"live on JACK ({server}), {len(tunes)} phrases through {command}: "
           f"answer onsets within 20 ms of the phrase's grid continued {share(r['near'], r['onsets'])}; first note "
           f"on a beat {share(r['first'], r['answered'])}; a tempo said for {r['taken']}; player messages written "
           f"late {r['late']}; xruns {r['xruns']}")
