@@ -361,7 +361,9 @@ FOLLOW_WINDOW = 32  # steps: the player's onsets the follower fits a line throug
 FOLLOW_HALF_LIFE = 12.0  # ...each weighing half as much every this many steps back
 PHASE_STEP = 0.1  # of a step: the most the grid moves per step to meet the player (smooth, never backwards)
 TEMPO_STEP = 0.02  # the most the step's length changes per step
-METER_STEPS = 256  # steps of onsets the meter is guessed again from while following (the last 16 bars of 4/4)
+METER_STEPS = 256  # steps of onsets the meter is guessed again from while following (the last 16 bars of 4/4)...
+REGROUP_ONSETS = 8  # ...once it has at least this many onsets on the grid...
+REGROUP_AFTER = 2  # ...and the same guess this many onsets in a row
 
 
 class PlayerTempo:
@@ -394,7 +396,8 @@ class PlayerTempo:
         # (grid step, velocity, pitch) of the onsets on the grid followed, for the meter (``_regroup``)
         self._accents: collections.deque = collections.deque(maxlen=METER_STEPS)
         self._new: list[tuple[float, int, int]] = []  # (onset, velocity, pitch) heard since the last ``follow``
-        self._guess: tuple | None = None  # the meter and bar line guessed at the last bar, awaiting a second
+        self._guess: tuple | None = None  # the meter and bar line guessed last, and how many times in a row
+        self._same = 0
         self._last_onset = -math.inf
         self._misses = 0
         self._since = -math.inf  # notes before this are not used to lock again
@@ -579,9 +582,9 @@ class PlayerTempo:
 
     def _regroup(self, k: int, generator) -> None:
         """Following, the meter and bar line guessed again from every onset on the grid since the lock (far more
-        than the lock had): when two guesses in a row say the model's bars are elsewhere, its bars move there
+        than the lock had): when ``REGROUP_AFTER`` guesses in a row say the model's bars are elsewhere, they move
         (the grid's time does not: only which of its steps are beats and bar lines)."""
-        if len(self._accents) < LOCK_ONSETS:
+        if len(self._accents) < REGROUP_ONSETS:
             return
         j = np.array([a[0] for a in self._accents])
         vels = np.array([a[1] for a in self._accents], float)
@@ -594,7 +597,10 @@ class PlayerTempo:
         bar = meter.bar_steps(STEPS_PER_BEAT)
         guess = (meter, (j[0] + bar_line) % bar)  # the meter, and a grid step on a bar line (mod the bar)
         if guess != self._guess:
-            self._guess = guess
+            self._guess, self._same = guess, 1
+            return
+        self._same += 1
+        if self._same < REGROUP_AFTER:
             return
         place = (k - guess[1]) % bar  # where step k falls in the bar guessed
         if generator.meter == meter and generator.bar_position() == place:
