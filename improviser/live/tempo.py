@@ -1,15 +1,15 @@
 """The player's tempo: the beat, its phase and the meter taken from the onsets of what they play (``--bpm auto``).
 
-Two parts, both pure (times are passed in, no clock is read):
-
-- ``estimate_beat(notes)``: from a phrase (onset times, with their velocities and, where known, their
-  note-offs), the 16th-note grid it was played on: the step's length, the time of one beat, and a guess
-  at the meter and where its bars begin. Respond mode answers on this grid continued; accompany mode
-  locks onto it.
-- ``BeatFollower``: while accompanying, each onset the player plays is placed on the grid followed so far,
-  and a line fitted through the recent ones (time against grid index, the more recent the heavier) says
-  where the grid is now and how fast it goes, so the accompaniment follows an accelerando, a ritardando
-  or a held note.
+- ``estimate_beat(notes)`` (pure: times are passed in): from a phrase (onset times, velocities, pitches and,
+  where known, note-offs), the 16th-note grid it was played on: the step's length, the time of one beat, and
+  a guess at the meter and where its bars begin.
+- ``PlayerTempo``: the listening part's ear (``listen.Listening(tempo=...)``, producer thread). Responding,
+  it takes a phrase's grid when the phrase ends and moves the engine's grid (``clock.TempoGrid.retime``) so
+  the answer starts on a beat of that grid continued, at its tempo. Accompanying, it locks onto the grid of
+  the first ``LOCK_ONSETS`` onsets, then places each onset on the grid followed, fits a line through the
+  recent ones (time against grid step, the more recent the heavier) and moves the grid toward it a little
+  every step (``PHASE_STEP``, ``TEMPO_STEP``: smooth, never a step backwards), so the accompaniment follows
+  an accelerando or a ritardando; it guesses the meter and bar line again from all it has heard on that grid.
 
 How a phrase's grid is found:
 
@@ -17,16 +17,18 @@ How a phrase's grid is found:
 2. The *tatum*, the shortest spacing every onset keeps to: for each candidate spacing (geometric,
    ``TATUM_RANGE``), each inter-onset interval is rounded to a whole number of it, and a straight line
    fitted through (index, time) refines spacing and phase; the spacing holds if at least ``FIT_SHARE`` of
-   the onsets lie within ``tolerance`` of the line. The coarsest spacing that holds is the tatum (a finer one
+   the onsets lie within ``TOLERANCE`` of the line. The coarsest spacing that holds is the tatum (a finer one
    always fits too: the coarsest says the most).
-3. How many 16ths the tatum is (1, 2 or 4): the slowest reading whose tempo is at least ``SLOWEST_BPM``. A
-   phrase of eighths at 70 bpm and one of sixteenths at 140 have the same onsets; nothing in the onsets
+3. How many 16ths the tatum is (1, 2, 4 or 8): the slowest reading whose tempo is at least ``SLOWEST_BPM``.
+   A phrase of eighths at 70 bpm and one of sixteenths at 140 have the same onsets; nothing in the onsets
    tells them apart, and a reading twice too slow still puts every note on the player's grid, where one
    twice too fast halves it.
-4. Which of the four 16ths is the beat: the one whose onsets carry the most weight -- long notes (the
-   time to the next onset) and loud ones.
-5. The meter: bars of 2, 3 or 4 beats, the bar line where the heaviest notes fall most often; 3 beats
-   whose weight sits on the half bar is 6/8. Where no bar length stands out by ``METER_MARGIN``, 4/4.
+4. The meter and the bar line together (``_metre``): every meter of ``CANDIDATE_METERS`` at every offset
+   is scored -- how closely the onsets' weights (long, loud, melodically accented notes weigh more) follow
+   the meter's pattern of strong and weak 16ths, less the syncopation that reading implies (long notes
+   starting on weak places), plus a bonus where the phrase ends (or starts) on a bar line. The best reading
+   wins; another meter than 4/4 must beat 4/4 by ``METER_MARGIN``. The beat follows from the bar line.
+   (Tuned on the ``tune`` part of the held-out folk tunes; benchmarks/tempo.py reports on the other.)
 """
 
 from __future__ import annotations
