@@ -83,12 +83,13 @@ def playing(melody, bars: int, seed_name: str, drift: float = 0.0):
     return perform(notes, bpm, rng, start=t0, drift=drift, over=over, begin=begin), bpm, t0, begin, over
 
 
-def run_engine(model, mode: str, played, bpm: float | None, seconds: float, seed: int):
-    """The engine on a virtual clock hearing ``played``; bpm None: --bpm auto. (result, grid, watch, said)."""
+def run_engine(model, mode: str, played, bpm: float | None, seconds: float, seed: int, meter=None):
+    """The engine on a virtual clock hearing ``played``; bpm None: --bpm auto (meter: --meter). (result, grid,
+    watch, said)."""
     clock = VirtualClock()
     listener = InputListener(now=clock.now)
     said: list[str] = []
-    tempo = PlayerTempo(say=said.append) if bpm is None else None
+    tempo = PlayerTempo(meter=meter, say=said.append) if bpm is None else None
     listening = Listening(listener, mode=mode, respond_after=2.0, just_in_time=True, tempo=tempo)
     gen = StreamingGenerator(model, 0.9, 1, seed=seed)
     watch = BarWatch(gen)
@@ -166,21 +167,29 @@ def part_respond(model, tunes, bpm_setting: float | None) -> dict:
 
 
 def part_accompany(model, tunes, setting: str) -> dict:
-    r = {"near": 0, "onsets": 0, "tunes": 0}
+    """setting: auto, meter (--bpm auto --meter the tune's), start (--bpm the player's first tempo) or 100. near /
+    onsets: its onsets on its beats within 40 ms of a player's beat; grid / all: all its onsets within 40 ms of
+    the player's 16th grid (how closely it follows, whichever steps it takes for beats)."""
+    r = {"near": 0, "onsets": 0, "tunes": 0, "grid": 0, "all": 0}
     for i, m in enumerate(tunes):
         drift = DRIFT if i % 2 == 0 else -DRIFT
         played, bpm, t0, begin, over = playing(m, 10, m.name, drift)
         end = max(n.off for n in played)
-        bpm_setting = {"auto": None, "start": bpm, "100": 100.0}[setting]
-        result, grid, watch, _ = run_engine(model, "accompany", played, bpm_setting, end, 1)
+        bpm_setting = {"auto": None, "meter": None, "start": bpm, "100": 100.0}[setting]
+        result, grid, watch, _ = run_engine(model, "accompany", played, bpm_setting, end, 1,
+                                            m.meter if setting == "meter" else None)
         ks = np.array(sorted(grid.dues))
         dues = np.array([grid.dues[k] for k in ks])
         beat = beat_steps(m)
         player_beats = t0 + played_time(np.arange(m.first_bar % beat, 10 * m.bar_steps + m.first_bar + 1, beat),
                                         bpm, drift, over, begin)
         drifting = t0 + played_time(begin, bpm, drift, over, begin)
+        sixteenths = t0 + played_time(np.arange(0, 10 * m.bar_steps + m.first_bar + 1), bpm, drift, over, begin)
         r["tunes"] += 1
         for t in onsets_of(result):
+            if drifting <= t <= end:
+                r["all"] += 1
+                r["grid"] += bool(np.min(np.abs(sixteenths - t)) <= 0.040)
             j = int(np.argmin(np.abs(dues - t)))
             if drifting <= t <= end and abs(dues[j] - t) < 1e-3 and watch.on_beat.get(int(ks[j])):
                 r["onsets"] += 1
@@ -270,11 +279,15 @@ def main() -> None:
           f"(x{(auto['near'] / max(auto['onsets'], 1)) / max(fixed['near'] / max(fixed['onsets'], 1), 1e-9):.1f}); "
           f"first note on a beat: auto {share(auto['first'], auto['answered'])}, 100 "
           f"{share(fixed['first'], fixed['answered'])}")
-    acc = {s: part_accompany(model, ten, s) for s in ("auto", "start", "100")}
-    print(f"accompany, {acc['auto']['tunes']} tunes of 10 bars drifting {DRIFT:.0%} over 8: its on-beat onsets "
-          f"within 40 ms of the player's beats: --bpm auto {share(acc['auto']['near'], acc['auto']['onsets'])}, "
-          f"--bpm the player's first tempo {share(acc['start']['near'], acc['start']['onsets'])}, --bpm 100 "
-          f"{share(acc['100']['near'], acc['100']['onsets'])}")
+    acc = {s: part_accompany(model, ten, s) for s in ("auto", "meter", "start", "100")}
+    names = {"auto": "--bpm auto", "meter": "--bpm auto --meter (the tune's)", "start": "--bpm the player's first",
+             "100": "--bpm 100"}
+    print(f"accompany, {acc['auto']['tunes']} tunes of 10 bars drifting {DRIFT:.0%} over 8 (its onsets while it "
+          f"drifts):")
+    for key, name in names.items():
+        a = acc[key]
+        print(f"  {name:34s} on its beats within 40 ms of the player's beats {share(a['near'], a['onsets'])}; "
+              f"all within 40 ms of the player's 16ths {share(a['grid'], a['all'])}")
     print(f"({time.perf_counter() - t:.0f} s on a virtual clock)")
     if args.live:
         live_respond(four[: args.live], args.checkpoint)

@@ -391,7 +391,6 @@ class PlayerTempo:
         self.taken: BeatEstimate | None = None  # the last tempo taken
         self.line: str | None = None  # what was said of it
         self.locked = False  # accompanying: following the player's beat
-        self.meter_guessed = meter is None
         self.regroups = 0  # times the meter or the bar line was guessed again while following
         self.locks = 0  # times it locked (found the beat again after losing it)
         self._pairs: collections.deque = collections.deque(maxlen=4 * FOLLOW_WINDOW)  # (grid step, onset)
@@ -539,7 +538,7 @@ class PlayerTempo:
             self._accents.clear()
             self._misses = 0
             return
-        if onsets and self.meter_guessed:
+        if onsets:
             self._regroup(k, generator)
         recent = [(j, t) for j, t in self._pairs if j >= k - FOLLOW_WINDOW]
         if len(recent) < 3 or recent[-1][0] - recent[0][0] < 4:
@@ -576,16 +575,16 @@ class PlayerTempo:
             if abs(est.index(onset) - m) <= ON_GRID:
                 self._pairs.append((k + 1 + m - n, float(onset)))
                 self._accents.append((k + 1 + m - n, int(velocity), int(pitch)))
-        self.meter_guessed = est.meter_guessed
         self._guess = None
         self.locked = True
         self.locks += 1
         self._took(est)
 
     def _regroup(self, k: int, generator) -> None:
-        """Following, the meter and bar line guessed again from every onset on the grid since the lock (far more
-        than the lock had): when ``REGROUP_AFTER`` guesses in a row say the model's bars are elsewhere, they move
-        (the grid's time does not: only which of its steps are beats and bar lines)."""
+        """Following, the meter (unless the player said) and the bar line guessed again from every onset on the
+        grid since the lock (far more than the lock had): when ``REGROUP_AFTER`` guesses in a row say the model's
+        bars are elsewhere, they move (the grid's time does not: only which of its steps are beats and bar
+        lines)."""
         if len(self._accents) < REGROUP_ONSETS:
             return
         j = np.array([a[0] for a in self._accents])
@@ -595,7 +594,7 @@ class PlayerTempo:
         spread = vels.std()
         weight = (np.log2(1 + np.clip(length, 0.5, 16)) + 0.25 * ((vels - vels.mean()) / spread if spread > 0 else 0)
                   + ACCENT_WEIGHT * _accents(pitches))
-        meter, bar_line = _metre(j - j[0], weight, None)
+        meter, bar_line = _metre(j - j[0], weight, self.meter)
         bar = meter.bar_steps(STEPS_PER_BEAT)
         guess = (meter, (j[0] + bar_line) % bar)  # the meter, and a grid step on a bar line (mod the bar)
         if guess != self._guess:
