@@ -30,30 +30,18 @@ import zlib
 import mido
 import numpy as np
 
-from improviser.live.clock import TempoGrid, VirtualClock
+from improviser.live.clock import VirtualClock
 from improviser.live.engine import LiveEngine
 from improviser.live.listen import InputListener, Listening
 from improviser.live.tempo import PlayerTempo, estimate_beat, perform, played_time
 from improviser.model.generator import StreamingGenerator
 from improviser.music.melodies import load_heldout_melodies
 from improviser.music.melody_files import part_of
+from improviser.testing import logged_grid
 
 N_TUNES = 160  # the held-out tunes drawn (both parts); each part gets about half
 DRIFT = 0.10
 LIVE_PERIOD = 256  # frames (5.3 ms at 48 kHz): the period the instrument is measured sample-accurate at
-
-
-class LoggedGrid(TempoGrid):
-    """The internal grid, keeping each step's deadline as the sender takes it."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dues: dict[int, float] = {}
-
-    def slot(self, k, stop):
-        got = super().slot(k, stop)
-        self.dues[k] = got[1]
-        return got
 
 
 class BarWatch:
@@ -94,7 +82,7 @@ def run_engine(model, mode: str, played, bpm: float | None, seconds: float, seed
     gen = StreamingGenerator(model, 0.9, 1, seed=seed)
     watch = BarWatch(gen)
     listening.watch = watch
-    grid = LoggedGrid(60 / (bpm or 100) / 4, clock)
+    grid = logged_grid(60 / (bpm or 100) / 4, clock)
     engine = LiveEngine(gen, bpm or 100, None, clock=clock, listening=listening, lookahead=0, timing=grid)
     for n in played:
         clock.at(n.onset, lambda n=n: listener.on_message(mido.Message("note_on", note=n.pitch, velocity=n.velocity)))

@@ -331,6 +331,24 @@ class Stage:
         self.client.close()
 
 
+def logged_grid(step_seconds: float, clock):
+    """The internal grid (``clock.TempoGrid``) keeping each step's deadline in ``dues`` as the sender takes it:
+    where a test or benchmark reads which step an onset was (``--bpm auto`` moves the grid)."""
+    from .live.clock import TempoGrid
+
+    class LoggedGrid(TempoGrid):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.dues: dict[int, float] = {}
+
+        def slot(self, k, stop):
+            got = super().slot(k, stop)
+            self.dues[k] = got[1]
+            return got
+
+    return LoggedGrid(step_seconds, clock)
+
+
 def input_port() -> str:
     """The improviser's virtual input as JACK names it (``improviser:in``, or ``improviser-01:in`` ...);
     AssertionError unless there is exactly one."""

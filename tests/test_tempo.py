@@ -19,26 +19,13 @@ from improviser.live.tempo import PlayerTempo, estimate_beat, perform, played_ti
 from improviser.model.generator import StreamingGenerator
 from improviser.music.melodies import load_heldout_melodies
 from improviser.music.melody_files import part_of
-from improviser.testing import cli, one_line_error
+from improviser.testing import cli, logged_grid, one_line_error
 
 
 @pytest.fixture(scope="module")
 def tunes():
     """Held-out folk tunes of the tuning part (the benchmark reports on the other), 10 bars or more."""
     return [m for m in load_heldout_melodies(16, 0) if part_of(m.name) == "tune" and m.whole_bars >= 10]
-
-
-class LoggedGrid(TempoGrid):
-    """The internal grid, keeping each step's deadline as the sender takes it."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.dues: dict[int, float] = {}
-
-    def slot(self, k, stop):
-        got = super().slot(k, stop)
-        self.dues[k] = got[1]
-        return got
 
 
 def play_to(clock: VirtualClock, listener: InputListener, played) -> float:
@@ -55,7 +42,7 @@ def engine_by_ear(model, mode: str, meter=None, seed: int = 1):
     said: list[str] = []
     tempo = PlayerTempo(meter=meter, say=said.append)
     listening = Listening(listener, mode=mode, respond_after=2.0, just_in_time=True, tempo=tempo)
-    timing = LoggedGrid(60 / 100 / 4, clock)
+    timing = logged_grid(60 / 100 / 4, clock)
     engine = LiveEngine(StreamingGenerator(model, 0.9, 1, seed=seed), 100, None, clock=clock, listening=listening,
                         lookahead=0, timing=timing)
     return engine, clock, listener, tempo, said, timing
