@@ -269,3 +269,19 @@ def _respond_on_jack(stage, out, played, seconds: float) -> tuple[str, int]:
     base = stage.client.frame_time
     stage.play(played, base)
     return run.finish(timeout=120), base
+
+
+def test_the_face_says_the_tempo_is_the_players_and_what_was_taken(model, tunes):
+    from improviser.live.face import Face
+
+    m = tunes[1]
+    played = perform(m.phrase(4).notes(), 90.0, np.random.default_rng(4), start=0.8)
+    engine, clock, listener, tempo, said, timing = engine_by_ear(model, "respond")
+    face = Face(listener, engine.listening, engine.generator, 100)
+    assert face.state()["follows_player"] and face.state()["tempo_taken"] is None
+    engine.run(play_to(clock, listener, played) + 4.0)
+    state = face.state()
+    assert state["tempo_taken"] == said[-1] and state["tempo"] == pytest.approx(tempo.taken.bpm, abs=0.01)
+    # A tempo control is not followed while the tempo is the player's: counted, and nothing changes.
+    engine.listening.apply(0, "tempo", 150.0)
+    assert engine.listening.tempo_ignored == 1
