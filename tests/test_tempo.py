@@ -285,3 +285,35 @@ def test_the_face_says_the_tempo_is_the_players_and_what_was_taken(model, tunes)
     # A tempo control is not followed while the tempo is the player's: counted, and nothing changes.
     engine.listening.apply(0, "tempo", 150.0)
     assert engine.listening.tempo_ignored == 1
+
+
+def test_play_writes_each_session_after_a_phrase_in_the_players_tempo(model, tunes, tmp_path):
+    import os
+    import signal
+
+    from test_live import MemoryPort
+
+    from improviser.live.engine import play
+    from improviser.ports.midi import OutputPort
+
+    m = tunes[1]
+    played = perform(m.phrase(4).notes(), 75.0, np.random.default_rng(6), start=0.5)
+    clock = VirtualClock()
+    listener = InputListener(now=clock.now)
+    tempo = PlayerTempo()
+    listening = Listening(listener, mode="respond", just_in_time=True, tempo=tempo)
+    end = play_to(clock, listener, played)
+    clock.at(end + 10.0, lambda: os.kill(os.getpid(), signal.SIGTERM))  # a service manager stops it
+    result = play(StreamingGenerator(model, 0.9, 1, seed=1), tmp_path / "sessions", 8.0, 100,
+                  OutputPort(MemoryPort(), settle=0), clock=clock, listening=listening, lookahead=0)
+    assert tempo.taken is not None and len(result.paths) >= 3
+
+    def bpm_of(path) -> float:
+        return mido.tempo2bpm(next(msg.tempo for track in mido.MidiFile(path).tracks for msg in track
+                                   if msg.type == "set_tempo"))
+
+    # The first session ended while the phrase was being played (at the starting 100); the ones written after
+    # the tempo was taken are in the player's tempo.
+    assert bpm_of(result.paths[0]) == pytest.approx(100)
+    for path in result.paths[2:]:
+        assert bpm_of(path) == pytest.approx(tempo.taken.bpm, rel=1e-3), path

@@ -461,6 +461,16 @@ def call_later(clock: Clock, seconds: float, fn: Callable[[], None]) -> _Timer:
 
 # ---- the services ----------------------------------------------------------------------------------
 
+def in_tempo_taken(session: Session, bpm: float, listening: Any) -> tuple[Session, float]:
+    """(session, bpm) to write a session file in: with --bpm auto, once a tempo is taken, the player's tempo and
+    meter with its bars on the player's (the notes' times are the same either way); else as it is, at ``bpm``."""
+    taken = getattr(getattr(listening, "tempo", None), "taken", None)  # (read whole: another thread sets it)
+    if taken is None:
+        return session, bpm
+    bar = taken.meter.bar_steps() * taken.step_seconds
+    return replace(session, meter=taken.meter, bar_line=(taken.bar_time - session.start) % bar), taken.bpm
+
+
 def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: float,
            port: OutputPort | None = None, clock: Clock | None = None,
            warn: Callable[[str], None] | None = None, listening: Any = None,
@@ -480,12 +490,7 @@ def record(generator: StreamingGenerator, out: str | Path, seconds: float, bpm: 
     engine = LiveEngine(generator, bpm, port, clock=clock, warn=warn, listening=listening, timing=timing, **options)
     with stop_on_signals(engine.stop):
         result = engine.run(seconds)
-    session = result.sessions[-1]
-    taken = getattr(getattr(listening, "tempo", None), "taken", None)
-    if taken is not None:  # --bpm auto: the file in the player's tempo and meter, its bars on the player's
-        bar = taken.meter.bar_steps(generator.cfg.steps_per_beat) * taken.step_seconds
-        session = replace(session, meter=taken.meter, bar_line=(taken.bar_time - session.start) % bar)
-        bpm = taken.bpm
+    session, bpm = in_tempo_taken(result.sessions[-1], bpm, listening)
     result.file_bpm = bpm
     result.paths.append(session.write(out, bpm))
     result.n_written = 1
@@ -515,7 +520,8 @@ def play(generator: StreamingGenerator, sessions_dir: str | Path, session_second
     def path_for(session: Session) -> Path:
         return session_path(folder, session.index, wall0 + timedelta(seconds=session.start - clock0))
 
-    saver = SessionSaver(folder, bpm, path_for, on_written=on_written, warn=warn)
+    saver = SessionSaver(folder, bpm, path_for, on_written=on_written, warn=warn,
+                         tempo=functools.partial(in_tempo_taken, bpm=bpm, listening=listening))
 
     def journal(spec: dict) -> None:
         path = session_path(folder, spec["index"], wall0 + timedelta(seconds=spec["start"] - clock0))

@@ -61,9 +61,11 @@ class SessionSaver:
 
     def __init__(self, folder: str | Path, bpm: float, path_for: Callable[[Session], Path],
                  on_written: Callable[[Path, Session], None] | None = None,
-                 warn: Callable[[str], None] | None = None, retry: float = RETRY_SECONDS):
+                 warn: Callable[[str], None] | None = None, retry: float = RETRY_SECONDS,
+                 tempo: Callable[[Session], tuple[Session, float]] | None = None):
         self.folder = Path(folder)
         self.bpm = bpm
+        self.tempo = tempo  # (session) -> (session, bpm) to write it in: --bpm auto's, the player's
         self.path_for = path_for
         self.on_written = on_written
         self.warn = warn or log.warning
@@ -116,7 +118,8 @@ class SessionSaver:
         while self.waiting:
             session = self.waiting[0]
             try:
-                path = session.write(self.path_for(session), self.bpm)
+                shaped, bpm = self.tempo(session) if self.tempo is not None else (session, self.bpm)
+                path = shaped.write(self.path_for(session), bpm)
             except OSError as e:
                 self._reason = why_not_written(e, self.folder)
                 return e
