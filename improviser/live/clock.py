@@ -250,8 +250,10 @@ class TempoGrid:
         with self._lock:  # take a pending tempo change, if any, in one piece
             if self._retimed is not None and k >= self._retimed[0]:
                 j, due, step = self._retimed
-                self._retimed = None
+                # The new grid first, then the pending one goes: another thread's ``deadline`` (which reads
+                # ``_retimed`` once) never sees a step >= j on a half-written grid.
                 self.step_seconds, self.t0 = step, due - j * step
+                self._retimed = None
             new, self._pending = self._pending, None
             if new is not None:
                 due = self.t0 + k * self.step_seconds
