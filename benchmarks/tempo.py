@@ -13,7 +13,9 @@ Gaussian 10 ms, velocities 50..110, each note held for 90% of its length (``temp
   within 20 ms of the phrase's 16th grid continued, and how often its first note is on a beat of the tune's
   meter. Baseline in the same run: ``--bpm 100`` (its own grid, as before --bpm auto).
 - **accompany** (virtual clock): 10 bars, 2 steady and then 8 whose tempo drifts by 10% (faster and slower in
-  turn). Of its onsets on its own beats during the drift, the share within 40 ms of a beat of the player's.
+  turn). Of its onsets on its own beats during the drift, the share within 40 ms of a beat of the player's; and,
+  whatever it plays, how many of the steps it counts as beats fall on the player's beats (precision) and how
+  many of the player's beats it has a beat on (recall): marking fewer beats cannot raise both.
   Baselines: ``--bpm`` the player's starting tempo (a perfect start, never following) and ``--bpm 100``.
 - **live** (``--live N``, JACK): N of the tunes through the command a user runs, ``improviser record --api
   jack --input stage:player --output stage:monitor --bpm auto --mode respond``, the phrase written on its frames
@@ -157,8 +159,11 @@ def part_respond(model, tunes, bpm_setting: float | None) -> dict:
 def part_accompany(model, tunes, setting: str) -> dict:
     """setting: auto, meter (--bpm auto --meter the tune's), start (--bpm the player's first tempo) or 100. near /
     onsets: its onsets on its beats within 40 ms of a player's beat; grid / all: all its onsets within 40 ms of
-    the player's 16th grid (how closely it follows, whichever steps it takes for beats)."""
-    r = {"near": 0, "onsets": 0, "tunes": 0, "grid": 0, "all": 0}
+    the player's 16th grid (how closely it follows, whichever steps it takes for beats). Whether it plays on them
+    or not, its beats (the steps it counts as beats) against the player's: beats_on / beats, its beats within 40 ms
+    of one of the player's (precision); found / player: the player's beats with one of its beats within 40 ms
+    (recall)."""
+    r = {"near": 0, "onsets": 0, "tunes": 0, "grid": 0, "all": 0, "beats_on": 0, "beats": 0, "found": 0, "player": 0}
     for i, m in enumerate(tunes):
         drift = DRIFT if i % 2 == 0 else -DRIFT
         played, bpm, t0, begin, over = playing(m, 10, m.name, drift)
@@ -174,6 +179,13 @@ def part_accompany(model, tunes, setting: str) -> dict:
         drifting = t0 + played_time(begin, bpm, drift, over, begin)
         sixteenths = t0 + played_time(np.arange(0, 10 * m.bar_steps + m.first_bar + 1), bpm, drift, over, begin)
         r["tunes"] += 1
+        ours = dues[[bool(watch.on_beat.get(int(k))) for k in ks]]
+        ours = ours[(ours >= drifting) & (ours <= end)]
+        theirs = player_beats[(player_beats >= drifting) & (player_beats <= end)]
+        r["beats"] += ours.size
+        r["beats_on"] += int(sum(np.min(np.abs(player_beats - t)) <= 0.040 for t in ours))
+        r["player"] += theirs.size
+        r["found"] += int(sum(ours.size and np.min(np.abs(ours - t)) <= 0.040 for t in theirs))
         for t in onsets_of(result):
             if drifting <= t <= end:
                 r["all"] += 1
@@ -275,7 +287,8 @@ def main() -> None:
     for key, name in names.items():
         a = acc[key]
         print(f"  {name:34s} on its beats within 40 ms of the player's beats {share(a['near'], a['onsets'])}; "
-              f"all within 40 ms of the player's 16ths {share(a['grid'], a['all'])}")
+              f"all within 40 ms of the player's 16ths {share(a['grid'], a['all'])}; its beats on the player's "
+              f"{share(a['beats_on'], a['beats'])}, the player's beats it has {share(a['found'], a['player'])}")
     print(f"({time.perf_counter() - t:.0f} s on a virtual clock)")
     if args.live:
         live_respond(four[: args.live], args.checkpoint)
