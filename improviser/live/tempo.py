@@ -28,7 +28,9 @@ How a phrase's grid is found:
    the meter's pattern of strong and weak 16ths, less the syncopation that reading implies (long notes
    starting on weak places), plus a bonus where the phrase ends (or starts) on a bar line. The best reading
    wins; another meter than 4/4 must beat 4/4 by ``METER_MARGIN``. The beat follows from the bar line.
-   (Tuned on the ``tune`` part of the held-out folk tunes; benchmarks/tempo.py reports on the other.)
+   How much each cue counts (``Cues``) differs between a whole phrase and a player playing on, whose meter is
+   guessed again as they play (``FOLLOW_CUES``). (Tuned on the ``tune`` part of the held-out folk tunes;
+   benchmarks/tempo.py reports on the other.)
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ ACCENT_WEIGHT = 0.8  # weight a melodic accent adds to an onset: a turn of the c
 LEAP = 3  # ...of at least this many semitones
 END_BONUS = 0.4  # a reading whose bar line falls where the phrase ends (its last note's end, to a 16th)...
 START_BONUS = 0.25  # ...or that starts it on a bar line or an upbeat of at most half a bar, scores this much more
+
+
+@dataclass(frozen=True)
+class Cues:
+    """How much each cue counts when the meter and bar line are guessed (``_weights``, ``_metre``): what a turn of
+    the contour and a note reached by a leap add to an onset's weight, what a reading loses per unit of
+    syncopation per onset, and what it gains for starting the notes on a bar line or a short upbeat."""
+
+    turn: float
+    leap: float
+    sync: float
+    start: float
+
+
+# A whole phrase (respond; the lock's first guess): the constants above, tuned on phrases of 4 bars.
+PHRASE_CUES = Cues(ACCENT_WEIGHT, ACCENT_WEIGHT, SYNC_WEIGHT, START_BONUS)
+# A player playing on (accompany, guessing again from all it has heard; tuned on the ``tune`` part by guessing
+# at every 4th onset of bars 2..10 and scoring the beats of the bar ahead): in running notes a leap mostly goes
+# to a note off the beat (a pedal note, the lower line of a broken figure), so it counts against the beat.
+FOLLOW_CUES = Cues(0.8, -0.8, 1.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -173,12 +195,13 @@ def tatum(times: np.ndarray) -> tuple[float, float, np.ndarray, float] | None:
 
 
 def estimate_beat(notes: Sequence[Note], meter: Meter | None = None, slowest: float = SLOWEST_BPM,
-                  ended: bool = True) -> BeatEstimate | None:
+                  ended: bool = True, cues: Cues = PHRASE_CUES) -> BeatEstimate | None:
     """The 16th grid a phrase was played on (module docstring), or None with fewer than ``MIN_ONSETS`` onsets
     (or none that keep to any grid).
 
     meter: the meter, if the player said (``--meter``); else guessed. slowest: see ``SLOWEST_BPM``.
     ended: the notes are a whole phrase (its end tells where a bar ends); False: the player plays on.
+    cues: how much each cue to the meter counts (``Cues``).
     """
     times, vels, offs, pitches = _merge(notes)
     if len(times) < MIN_ONSETS:
@@ -200,10 +223,10 @@ def estimate_beat(notes: Sequence[Note], meter: Meter | None = None, slowest: fl
             per //= 2
     step = spacing / per
     steps = index * per  # each onset's 16th, from the first
-    weight = _weights(times, vels, offs, step, pitches)
+    weight = _weights(times, vels, offs, step, pitches, cues)
     guessed = meter is None
     end = int(steps[-1] + max(1, round(float(_lengths(times, offs, step)[-1]))))  # where the phrase ends, in 16ths
-    meter, bar_line = _metre(steps, weight, meter, end if ended else None)
+    meter, bar_line = _metre(steps, weight, meter, end if ended else None, cues)
     beat_time = phase + (bar_line % STEPS_PER_BEAT) * step  # a beat: the bar line, or a beat from it
     bar_time = phase + bar_line * step
     return BeatEstimate(step, beat_time, meter, bar_time, share, len(times), guessed)
@@ -215,17 +238,17 @@ def _lengths(times: np.ndarray, offs: np.ndarray, step: float) -> np.ndarray:
     return np.diff(np.append(times, max(last, times[-1] + step))) / step
 
 
-def _accents(pitches: np.ndarray) -> np.ndarray:
-    """Melodic accents: 1 for a turn of the contour (a note higher or lower than both its neighbours), 1 for a
-    note reached by a leap of at least ``LEAP`` semitones (so 0, 1 or 2 each)."""
+def _accents(pitches: np.ndarray, cues: Cues = PHRASE_CUES) -> np.ndarray:
+    """Melodic accents: ``cues.turn`` for a turn of the contour (a note higher or lower than both its neighbours),
+    plus ``cues.leap`` for a note reached by a leap of at least ``LEAP`` semitones."""
     step = np.diff(pitches)
     into = np.concatenate([[0.0], step])  # the interval into each note
     out = np.concatenate([step, [0.0]])  # ...and out of it
-    return (into * out < 0).astype(float) + (np.abs(into) >= LEAP)
+    return cues.turn * (into * out < 0) + cues.leap * (np.abs(into) >= LEAP)
 
 
 def _weights(times: np.ndarray, vels: np.ndarray, offs: np.ndarray, step: float,
-             pitches: np.ndarray | None = None) -> np.ndarray:
+             pitches: np.ndarray | None = None, cues: Cues = PHRASE_CUES) -> np.ndarray:
     """How strongly each onset marks its place: how long it lasts in steps (to the next onset; the last one to
     its note-off, else a beat), on a log scale, how loud it is against the phrase, and (given the pitches)
     whether the melody accents it (``_accents``)."""
@@ -234,7 +257,7 @@ def _weights(times: np.ndarray, vels: np.ndarray, offs: np.ndarray, step: float,
     loud = (vels - vels.mean()) / spread if spread > 0 else np.zeros_like(vels)
     w = np.log2(1 + length_steps) + 0.25 * loud
     if pitches is not None and len(pitches) == len(times):
-        w = w + ACCENT_WEIGHT * _accents(pitches)
+        w = w + _accents(pitches, cues)
     return w
 
 
@@ -270,16 +293,16 @@ def _syncopation(steps: np.ndarray, ends: np.ndarray, level: np.ndarray, offset:
 
 
 def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
-           end: int | None = None) -> tuple[Meter, int]:
+           end: int | None = None, cues: Cues = PHRASE_CUES) -> tuple[Meter, int]:
     """The meter (``meter`` if given, else the best of ``CANDIDATE_METERS``) and the 16th of the phrase, counted
     from its first onset, on which a bar line falls. Each reading (a meter, a bar line) scores:
 
     - how closely the weight of the onsets (zero where there is none) follows the meter's ``template`` (a
       correlation, so bar lengths compare fairly);
-    - less ``SYNC_WEIGHT`` times its syncopation per onset (long notes start on strong places: a jig's
+    - less ``cues.sync`` times its syncopation per onset (long notes start on strong places: a jig's
       quarter-eighth pattern goes against 4/4, a 3/4 tune's dotted half against 4/4's half bar);
     - plus ``END_BONUS`` if a bar line falls where the phrase ends (``end``: its last note's end, or up to a
-      16th after it, as a player lets go early; None: the notes go on, no bonus), and ``START_BONUS`` if its
+      16th after it, as a player lets go early; None: the notes go on, no bonus), and ``cues.start`` if its
       first onset is on a bar line or an upbeat of at most half a bar.
 
     The best reading wins; another meter than 4/4 must beat 4/4's best by ``METER_MARGIN``."""
@@ -298,12 +321,12 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
             if np.std(y) == 0 or np.std(x) == 0:
                 continue
             r = float(np.corrcoef(x, y)[0, 1])
-            r -= SYNC_WEIGHT * _syncopation(steps, ends, t, o) / len(steps)
+            r -= cues.sync * _syncopation(steps, ends, t, o) / len(steps)
             if end is not None and (end - o) % bar in (0, bar - 1):
                 r += END_BONUS
             first = (-o) % bar  # the first onset's place in its bar
             if first == 0 or bar - first <= bar // 2:
-                r += START_BONUS
+                r += cues.start
             if r > scores.get(m, (-np.inf,))[0] + 1e-12:
                 scores[m] = (r, o)
     if meter is not None:
@@ -315,6 +338,18 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
     if scores[m][0] - common[0] < METER_MARGIN:
         return Meter(4, 4), common[1]  # 4/4 unless another meter fits clearly better
     return m, scores[m][1]
+
+
+def meter_playing_on(steps: Sequence[int], velocities: Sequence[int], pitches: Sequence[int],
+                     meter: Meter | None = None) -> tuple[Meter, int]:
+    """The meter (``meter`` if the player said) and a grid step on which a bar line falls, guessed from the onsets
+    heard so far of a player who plays on (accompany, ``PlayerTempo``): each onset's grid step, velocity and
+    pitch. The cues of ``FOLLOW_CUES``; the last onset lasts a beat as far as anyone knows."""
+    j = np.asarray(steps, int)
+    weight = _weights(j.astype(float), np.asarray(velocities, float), np.full(len(j), np.nan), 1.0,
+                      np.asarray(pitches, float), FOLLOW_CUES)
+    meter, bar_line = _metre(j - j[0], weight, meter, cues=FOLLOW_CUES)
+    return meter, int(j[0] + bar_line)
 
 
 def played_time(step: np.ndarray | float, bpm: float, drift: float = 0.0, over: float = 128.0,
@@ -587,16 +622,9 @@ class PlayerTempo:
         lines)."""
         if len(self._accents) < REGROUP_ONSETS:
             return
-        j = np.array([a[0] for a in self._accents])
-        vels = np.array([a[1] for a in self._accents], float)
-        pitches = np.array([a[2] for a in self._accents], float)
-        length = np.append(np.diff(j), STEPS_PER_BEAT).astype(float)
-        spread = vels.std()
-        weight = (np.log2(1 + np.clip(length, 0.5, 16)) + 0.25 * ((vels - vels.mean()) / spread if spread > 0 else 0)
-                  + ACCENT_WEIGHT * _accents(pitches))
-        meter, bar_line = _metre(j - j[0], weight, self.meter)
+        meter, bar_line = meter_playing_on(*zip(*self._accents), meter=self.meter)
         bar = meter.bar_steps(STEPS_PER_BEAT)
-        guess = (meter, (j[0] + bar_line) % bar)  # the meter, and a grid step on a bar line (mod the bar)
+        guess = (meter, bar_line % bar)  # the meter, and a grid step on a bar line (mod the bar)
         if guess != self._guess:
             self._guess, self._same = guess, 1
             return
