@@ -27,7 +27,7 @@ How a phrase's grid is found:
    is scored -- how closely the onsets' weights (long, loud, melodically accented notes weigh more) follow
    the meter's pattern of strong and weak 16ths, less the syncopation that reading implies (long notes
    starting on weak places), plus a bonus where the phrase ends (or starts) on a bar line. The best reading
-   wins; another meter than 4/4 must beat 4/4 by ``METER_MARGIN``. The beat follows from the bar line.
+   wins; another meter than 4/4 must beat 4/4 by a margin (``Cues.margin``). The beat follows from the bar line.
    How much each cue counts (``Cues``) differs between a whole phrase and a player playing on, whose meter is
    guessed again as they play (``FOLLOW_CUES``). (Tuned on the ``tune`` part of the held-out folk tunes;
    benchmarks/tempo.py reports on the other.)
@@ -60,18 +60,24 @@ ACCENT_WEIGHT = 0.8  # weight a melodic accent adds to an onset: a turn of the c
 LEAP = 3  # ...of at least this many semitones
 END_BONUS = 0.4  # a reading whose bar line falls where the phrase ends (its last note's end, to a 16th)...
 START_BONUS = 0.25  # ...or that starts it on a bar line or an upbeat of at most half a bar, scores this much more
+PICKUP_STEPS = 2  # a first onset at most this many 16ths (an eighth) before a beat is a pickup to it
 
 
 @dataclass(frozen=True)
 class Cues:
     """How much each cue counts when the meter and bar line are guessed (``_weights``, ``_metre``): what a turn of
     the contour and a note reached by a leap add to an onset's weight, what a reading loses per unit of
-    syncopation per onset, and what it gains for starting the notes on a bar line or a short upbeat."""
+    syncopation per onset, what it gains for starting the notes on a bar line or a short upbeat, what it gains
+    for starting them on a beat or a pickup of at most ``PICKUP_STEPS`` to one, by how much another meter's
+    best reading must beat 4/4's to be chosen, and how much 6/8 gains for each unit of ``_in_threes``."""
 
     turn: float
     leap: float
     sync: float
     start: float
+    beat_start: float = 0.0
+    margin: float = METER_MARGIN
+    period: float = 0.0
 
 
 # A whole phrase (respond; the lock's first guess): the constants above, tuned on phrases of 4 bars.
@@ -79,7 +85,12 @@ PHRASE_CUES = Cues(ACCENT_WEIGHT, ACCENT_WEIGHT, SYNC_WEIGHT, START_BONUS)
 # A player playing on (accompany, guessing again from all it has heard; tuned on the ``tune`` part by guessing
 # at every 4th onset of bars 2..10 and scoring the beats of the bar ahead): in running notes a leap mostly goes
 # to a note off the beat (a pedal note, the lower line of a broken figure), so it counts against the beat.
-FOLLOW_CUES = Cues(0.8, -0.8, 1.0, 0.0)
+# Whatever bar a tune is in, it starts on a beat or a short pickup to one (the tune part by the same measure:
+# 0.815 -> 0.826 on-beat share with ``beat_start`` 0.15 and no margin; 0.1 and 0.2 gave 0.828 and 0.827, an
+# eighth-only pickup 0.738), and 4/4 earns no head start over the other meters once the notes go on. A jig's
+# running eighths go in threes (``_in_threes``; 0.826 -> 0.847 with ``period`` 1.0; by the lab's guesses at
+# every 4th onset 0.867 -> 0.886, and 0.883..0.887 for 0.5..1.3 or other weights of its three terms).
+FOLLOW_CUES = Cues(0.8, -0.8, 1.0, 0.0, beat_start=0.15, margin=0.0, period=1.0)
 
 
 @dataclass(frozen=True)
@@ -292,8 +303,31 @@ def _syncopation(steps: np.ndarray, ends: np.ndarray, level: np.ndarray, offset:
     return total
 
 
+def _in_threes(steps: np.ndarray, pitches: np.ndarray) -> float:
+    """How much more the notes (their grid steps, from 0, and pitches) repeat themselves at the periods of 6/8 than
+    at those of 2/4: the share of 16ths whose onset or rest comes back a dotted quarter later, less the share that
+    comes back a quarter later, plus the share of onsets reached by the same interval as the onset a bar of 6/8
+    later (and two bars), less the same a bar of 2/4 later (and two). A jig's running eighths go in threes, a
+    reel's in twos and fours; the rhythm alone cannot tell them apart."""
+    span = int(steps[-1]) + 1
+    on = np.zeros(span, bool)
+    on[steps] = True
+    into = np.full(span, np.inf)  # the interval that reaches each onset (none at the first)
+    into[steps[1:]] = np.diff(np.asarray(pitches, float))
+
+    def rhythm(lag: int) -> float:
+        return float((on[:-lag] == on[lag:]).mean()) if span > lag else 0.0
+
+    def intervals(lag: int) -> float:
+        if span <= lag:
+            return 0.0
+        return float((on[:-lag] & on[lag:] & (into[:-lag] == into[lag:])).sum() / on.sum())
+
+    return rhythm(6) - rhythm(4) + intervals(12) - intervals(8) + intervals(24) - intervals(16)
+
+
 def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
-           end: int | None = None, cues: Cues = PHRASE_CUES) -> tuple[Meter, int]:
+           end: int | None = None, cues: Cues = PHRASE_CUES, pitches: np.ndarray | None = None) -> tuple[Meter, int]:
     """The meter (``meter`` if given, else the best of ``CANDIDATE_METERS``) and the 16th of the phrase, counted
     from its first onset, on which a bar line falls. Each reading (a meter, a bar line) scores:
 
@@ -302,16 +336,20 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
     - less ``cues.sync`` times its syncopation per onset (long notes start on strong places: a jig's
       quarter-eighth pattern goes against 4/4, a 3/4 tune's dotted half against 4/4's half bar);
     - plus ``END_BONUS`` if a bar line falls where the phrase ends (``end``: its last note's end, or up to a
-      16th after it, as a player lets go early; None: the notes go on, no bonus), and ``cues.start`` if its
-      first onset is on a bar line or an upbeat of at most half a bar.
+      16th after it, as a player lets go early; None: the notes go on, no bonus), ``cues.start`` if its
+      first onset is on a bar line or an upbeat of at most half a bar, and ``cues.beat_start`` if it is on a
+      beat or at most ``PICKUP_STEPS`` 16ths before one;
+    - and, for 6/8 (given the ``pitches``), ``cues.period`` times how much more the notes repeat in threes of
+      eighths than in twos (``_in_threes``).
 
-    The best reading wins; another meter than 4/4 must beat 4/4's best by ``METER_MARGIN``."""
+    The best reading wins; another meter than 4/4 must beat 4/4's best by ``cues.margin``."""
     steps = np.asarray(steps).astype(int)
     span = int(steps.max()) + 1
     last = int(steps[-1]) + STEPS_PER_BEAT if end is None else int(end)
     ends = np.append(steps[1:], max(last, int(steps[-1]) + 1))
     x = np.zeros(span)
     np.add.at(x, steps, weight)
+    compound = cues.period * _in_threes(steps, pitches) if cues.period and pitches is not None else 0.0
     scores = {}
     for m in (meter,) if meter is not None else CANDIDATE_METERS:
         t = template(m)
@@ -327,6 +365,11 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
             first = (-o) % bar  # the first onset's place in its bar
             if first == 0 or bar - first <= bar // 2:
                 r += cues.start
+            beat = m.beat_steps(STEPS_PER_BEAT)
+            if first % beat == 0 or beat - first % beat <= PICKUP_STEPS:
+                r += cues.beat_start
+            if m.compound:
+                r += compound
             if r > scores.get(m, (-np.inf,))[0] + 1e-12:
                 scores[m] = (r, o)
     if meter is not None:
@@ -335,7 +378,7 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
         return Meter(4, 4), 0
     common = scores.get(Meter(4, 4), (-np.inf, 0))
     m = max(scores, key=lambda k: scores[k][0])  # (the first of CANDIDATE_METERS on a tie)
-    if scores[m][0] - common[0] < METER_MARGIN:
+    if scores[m][0] - common[0] < cues.margin:
         return Meter(4, 4), common[1]  # 4/4 unless another meter fits clearly better
     return m, scores[m][1]
 
@@ -348,7 +391,7 @@ def meter_playing_on(steps: Sequence[int], velocities: Sequence[int], pitches: S
     j = np.asarray(steps, int)
     weight = _weights(j.astype(float), np.asarray(velocities, float), np.full(len(j), np.nan), 1.0,
                       np.asarray(pitches, float), FOLLOW_CUES)
-    meter, bar_line = _metre(j - j[0], weight, meter, cues=FOLLOW_CUES)
+    meter, bar_line = _metre(j - j[0], weight, meter, cues=FOLLOW_CUES, pitches=np.asarray(pitches, float))
     return meter, int(j[0] + bar_line)
 
 
