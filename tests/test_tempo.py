@@ -28,6 +28,21 @@ def tunes():
     return [m for m in load_heldout_melodies(16, 0) if part_of(m.name) == "tune" and m.whole_bars >= 10]
 
 
+@pytest.fixture(scope="module")
+def many_tunes():
+    """The tuning part's tunes of 10 bars or more among 160 held-out tunes, each as its grid steps with onsets and
+    the top note at each."""
+    lines = []
+    for m in load_heldout_melodies(160, 0):
+        if part_of(m.name) == "tune" and m.whole_bars >= 10:
+            pitch = {}
+            for row in m.phrase(10).notes():  # the top note of each onset
+                pitch[int(row[1])] = max(pitch.get(int(row[1]), 0), int(row[0]))
+            steps = np.array(sorted(pitch))
+            lines.append((m, steps, np.array([pitch[s] for s in steps])))
+    return lines
+
+
 def play_to(clock: VirtualClock, listener: InputListener, played) -> float:
     """The performance's notes into the listener at their moments; returns when the last ends."""
     for n in played:
@@ -88,44 +103,32 @@ def test_the_tempo_beat_and_meter_of_a_played_phrase(tunes):
     assert estimate_beat(perform(np.array([[60, 0, 4], [62, 4, 8]]), 90, np.random.default_rng(0))) is None
 
 
-def test_the_bar_guessed_again_as_the_player_plays_on_puts_its_beats_on_theirs():
+def test_the_bar_guessed_again_as_the_player_plays_on_puts_its_beats_on_theirs(many_tunes):
     """Accompanying, the meter and bar line are guessed again from all the player has played so far. Over the
     tuning part's tunes of 10 bars (reels and jigs in running notes among them), guessed at every 4th onset of bars
     2..10, the beats of the bar ahead fall on the tune's own beats at least 85% of the time (85.8% measured; 82.6%
     without the jig's threes of ``_in_threes``, 76% with the cues of a whole phrase)."""
-    tunes = [m for m in load_heldout_melodies(160, 0) if part_of(m.name) == "tune" and m.whole_bars >= 10]
-    assert len(tunes) >= 60
+    assert len(many_tunes) >= 60
     right = []
-    for m in tunes:
-        notes = m.phrase(10).notes()
-        pitch = {}
-        for row in notes:  # the top note of each onset
-            pitch[int(row[1])] = max(pitch.get(int(row[1]), 0), int(row[0]))
-        steps = np.array(sorted(pitch))
+    for m, steps, pitch in many_tunes:
         velocity = np.random.default_rng(zlib.crc32(m.name.encode())).integers(50, 111, len(steps))
         beat = 6 if m.meter.compound else 4
         for i in [i for i in range(7, len(steps)) if 2 <= (steps[i] - m.first_bar) / m.bar_steps < 10][::4]:
-            meter, bar_line = meter_playing_on(steps[: i + 1], velocity[: i + 1], [pitch[s] for s in steps[: i + 1]])
+            meter, bar_line = meter_playing_on(steps[: i + 1], velocity[: i + 1], pitch[: i + 1])
             ahead = np.arange(steps[i] + 1, steps[i] + 1 + m.bar_steps)
             ours = ahead[(ahead - bar_line) % meter.beat_steps(4) == 0]
             right.append(np.mean((ours - m.first_bar) % beat == 0))
     assert np.mean(right) >= 0.85, np.mean(right)
 
 
-def test_a_jig_goes_in_threes_a_reel_in_twos():
+def test_a_jig_goes_in_threes_a_reel_in_twos(many_tunes):
     """The cue that tells 6/8 from 2/4 in running notes, where the rhythm alone cannot: over the first 24 onsets
     of the tuning part's tunes, the notes repeat more at 6/8's periods than at 2/4's in at least 80% of the 6/8
     tunes (90% of 20 measured) and in at most 20% of those in 2/4 or 4/4 (11% of 44)."""
-    tunes = [m for m in load_heldout_melodies(160, 0) if part_of(m.name) == "tune" and m.whole_bars >= 10]
     threes = {True: [], False: []}
-    for m in tunes:
-        if str(m.meter) not in ("6/8", "2/4", "4/4"):
-            continue
-        pitch = {}
-        for row in m.phrase(10).notes():
-            pitch[int(row[1])] = max(pitch.get(int(row[1]), 0), int(row[0]))
-        steps = np.array(sorted(pitch))[:24]
-        threes[m.meter.compound].append(_in_threes(steps - steps[0], np.array([pitch[s] for s in steps], float)))
+    for m, steps, pitch in many_tunes:
+        if str(m.meter) in ("6/8", "2/4", "4/4"):
+            threes[m.meter.compound].append(_in_threes(steps[:24] - steps[0], pitch[:24].astype(float)))
     assert len(threes[True]) >= 15 and len(threes[False]) >= 30
     assert np.mean(np.array(threes[True]) > 0) >= 0.80, threes[True]
     assert np.mean(np.array(threes[False]) > 0) <= 0.20, threes[False]

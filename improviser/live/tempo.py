@@ -312,7 +312,7 @@ def _in_threes(steps: np.ndarray, pitches: np.ndarray) -> float:
     span = int(steps[-1]) + 1
     on = np.zeros(span, bool)
     on[steps] = True
-    into = np.full(span, np.inf)  # the interval that reaches each onset (none at the first)
+    into = np.full(span, np.nan)  # the interval that reaches each onset (none at the first: equal to nothing)
     into[steps[1:]] = np.diff(np.asarray(pitches, float))
 
     def rhythm(lag: int) -> float:
@@ -349,11 +349,14 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
     ends = np.append(steps[1:], max(last, int(steps[-1]) + 1))
     x = np.zeros(span)
     np.add.at(x, steps, weight)
-    compound = cues.period * _in_threes(steps, pitches) if cues.period and pitches is not None else 0.0
+    # 6/8's share of the threes: the same for each of its readings, so it counts only where the meter is chosen
+    choosing = meter is None and cues.period and pitches is not None
+    compound = cues.period * _in_threes(steps, pitches) if choosing else 0.0
     scores = {}
     for m in (meter,) if meter is not None else CANDIDATE_METERS:
         t = template(m)
         bar = len(t)
+        beat = m.beat_steps(STEPS_PER_BEAT)
         for o in range(bar):
             y = t[(np.arange(span) - o) % bar]
             if np.std(y) == 0 or np.std(x) == 0:
@@ -365,7 +368,6 @@ def _metre(steps: np.ndarray, weight: np.ndarray, meter: Meter | None,
             first = (-o) % bar  # the first onset's place in its bar
             if first == 0 or bar - first <= bar // 2:
                 r += cues.start
-            beat = m.beat_steps(STEPS_PER_BEAT)
             if first % beat == 0 or beat - first % beat <= PICKUP_STEPS:
                 r += cues.beat_start
             if m.compound:
@@ -389,9 +391,9 @@ def meter_playing_on(steps: Sequence[int], velocities: Sequence[int], pitches: S
     heard so far of a player who plays on (accompany, ``PlayerTempo``): each onset's grid step, velocity and
     pitch. The cues of ``FOLLOW_CUES``; the last onset lasts a beat as far as anyone knows."""
     j = np.asarray(steps, int)
-    weight = _weights(j.astype(float), np.asarray(velocities, float), np.full(len(j), np.nan), 1.0,
-                      np.asarray(pitches, float), FOLLOW_CUES)
-    meter, bar_line = _metre(j - j[0], weight, meter, cues=FOLLOW_CUES, pitches=np.asarray(pitches, float))
+    p = np.asarray(pitches, float)
+    weight = _weights(j.astype(float), np.asarray(velocities, float), np.full(len(j), np.nan), 1.0, p, FOLLOW_CUES)
+    meter, bar_line = _metre(j - j[0], weight, meter, cues=FOLLOW_CUES, pitches=p)
     return meter, int(j[0] + bar_line)
 
 
